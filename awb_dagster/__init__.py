@@ -1,0 +1,1 @@
+"""awb-dagster: pinned ML instruments over plate images, with sealed-run provenance."""

@@ -1,0 +1,258 @@
+"""The plate × pin embedding asset shared by the CLIP, SigLIP and DINOv2 families.
+
+One Dagster step may cover many partitions (single-run backfills): weights load once per
+pin, plates stream through the model in batches with decoding overlapped, and each
+(plate, pin) partition gets its own provenance metadata.
+"""
+
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import dagster as dg
+import torch
+
+from awb_dagster.constants import GPU_POOL, GROUP_EMBEDDINGS, PIN_DIMENSION, PLATE_DIMENSION
+from awb_dagster.instruments.embedding import ADAPTER_VERSION, ImageEmbedder
+from awb_dagster.plates.imaging import load_rgb
+from awb_dagster.instruments.streaming import prefetch_batches
+from awb_dagster.partitions import plate_pin_partitions
+from awb_dagster.plates.catalog import Plate, PlateCatalog
+from awb_dagster.provenance.records import embedding_table, record_id
+from awb_dagster.provenance.store import Artifact, OpenRun, RunStore, SealedPair
+from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
+
+
+class EmbeddingRunConfig(dg.Config):
+    force: bool = False  # recompute (plate, pin) pairs that are already in a sealed run
+
+
+def _split_keys(context: dg.AssetExecutionContext) -> dict[str, list[tuple[str, str]]]:
+    """Partition keys of this step grouped by pin, as (partition key, plate id)."""
+    by_pin: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key in context.partition_keys:
+        dims = dg.MultiPartitionKey.from_str(key).keys_by_dimension if isinstance(key, str) and not isinstance(key, dg.MultiPartitionKey) else key.keys_by_dimension
+        by_pin[dims[PIN_DIMENSION]].append((key, dims[PLATE_DIMENSION]))
+    return by_pin
+
+
+def _plate_metadata(plate: Plate) -> dict[str, Any]:
+    return {
+        "plate_id": plate.plate_id,
+        "sha256": plate.sha256,
+        "source_paths": list(plate.source_paths),
+        "width": plate.width,
+        "height": plate.height,
+        "format": plate.format,
+        "mode": plate.mode,
+    }
+
+
+def _partition_metadata(
+    embedder: ImageEmbedder, pair: SealedPair, *, reused: bool, home: str
+) -> dict[str, Any]:
+    record = pair.record_ids[0]
+    return {
+        "record_id": record,
+        "plate_id": pair.plate_id,
+        "plate_sha256": pair.plate_sha256,
+        "model_id": embedder.instrument.id,
+        "model_sha": embedder.pin.sha,
+        "pin": pair.pin_key,
+        "license": embedder.instrument.license,
+        "preprocess_tag": pair.preprocess_tag,
+        "vector_dim": embedder.dim,
+        "artifact": dg.MetadataValue.path(str(pair.artifact_path)),
+        "artifact_sha256": pair.artifact_sha256,
+        "run_id": pair.run_id,
+        "dagster_run_id": pair.dagster_run_id or "",
+        "status": f"reused from sealed run {pair.run_id}" if reused else "computed",
+        "lineage": dg.MetadataValue.md(f"`awb lineage {record} --home {home}`"),
+    }
+
+
+class _PinPass:
+    """Embeds the plates of one pin into one sealed run."""
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        embedder: ImageEmbedder,
+        store: RunStore,
+        torch_settings: TorchResource,
+        max_pixels: int,
+    ):
+        self.context = context
+        self.embedder = embedder
+        self.store = store
+        self.torch_settings = torch_settings
+        self.max_pixels = max_pixels
+        self.run: OpenRun | None = None
+        self.failures: list[str] = []
+
+    def _open_run(self) -> OpenRun:
+        if self.run is None:
+            self.run = self.store.open_run(
+                kind=f"{self.embedder.instrument.family}-embeddings",
+                dagster_run_id=self.context.run_id,
+                code_version=ADAPTER_VERSION,
+                device=str(self.embedder.device),
+                config={
+                    "batch_size": self.torch_settings.batch_size,
+                    "decode_workers": self.torch_settings.decode_workers,
+                    "dtype": str(self.embedder.dtype).removeprefix("torch."),
+                    "max_pixels": self.max_pixels,
+                },
+            )
+            self.run.add_instrument(self.embedder.describe())
+        return self.run
+
+    def embed(self, plates: list[Plate]) -> list[str]:
+        """Embed ``plates``; returns the plate ids sealed. Failures are kept per plate."""
+        embedder = self.embedder
+        run = self._open_run()
+        done: list[str] = []
+        started = time.perf_counter()
+
+        def prepare(plate: Plate) -> torch.Tensor:
+            return embedder.prepare(
+                load_rgb(plate.path, max_pixels=self.max_pixels, expected_sha256=plate.sha256)
+            )
+
+        batches = prefetch_batches(
+            plates,
+            prepare,
+            batch_size=self.torch_settings.batch_size,
+            workers=self.torch_settings.decode_workers,
+            prefetch_batches=self.torch_settings.prefetch_batches,
+        )
+        for batch in batches:
+            good = [slot for slot in batch if slot.error is None]
+            for slot in batch:
+                if slot.error is not None:
+                    reason = f"{type(slot.error).__name__}: {slot.error}"
+                    self.failures.append(f"{slot.item.plate_id}: {reason}")
+                    run.add_failure(plate_id=slot.item.plate_id, pin_key=embedder.pin.key, reason=reason)
+            if not good:
+                continue
+            vectors = embedder.embed(torch.stack([slot.value for slot in good]))
+            rows = [self._row(slot.item, run.run_id) for slot in good]
+            artifact = run.write_table("embeddings", embedding_table(rows, vectors))
+            for slot, row in zip(good, rows):
+                run.add_plate(_plate_metadata(slot.item))
+                self._add_pair(run, slot.item, row["record_id"], artifact)
+                done.append(slot.item.plate_id)
+            elapsed = time.perf_counter() - started
+            self.context.log.info(
+                f"{embedder.pin.key}: {len(done)}/{len(plates)} plates embedded "
+                f"({len(done) / elapsed:.1f} plates/s)"
+            )
+        return done
+
+    def _row(self, plate: Plate, run_id: str) -> dict[str, Any]:
+        embedder = self.embedder
+        return {
+            "record_id": record_id(
+                plate_sha256=plate.sha256,
+                model_sha=embedder.pin.sha,
+                preprocess_tag=embedder.preprocess_tag,
+                scope="plate",
+            ),
+            "plate_id": plate.plate_id,
+            "plate_sha256": plate.sha256,
+            "model_id": embedder.instrument.id,
+            "model_sha": embedder.pin.sha,
+            "pin_key": embedder.pin.key,
+            "preprocess_tag": embedder.preprocess_tag,
+            "run_id": run_id,
+            "scope": "plate",
+            "region_ref": None,
+        }
+
+    def _add_pair(self, run: OpenRun, plate: Plate, rec_id: str, artifact: Artifact) -> None:
+        run.add_pair(
+            plate_id=plate.plate_id,
+            plate_sha256=plate.sha256,
+            pin_key=self.embedder.pin.key,
+            preprocess_tag=self.embedder.preprocess_tag,
+            record_ids=[rec_id],
+            artifact=artifact,
+        )
+
+
+def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
+    """The ``<family>_embeddings`` asset, partitioned by plate × pin."""
+
+    @dg.asset(
+        name=f"{family}_embeddings",
+        description=description,
+        partitions_def=plate_pin_partitions(family),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=GPU_POOL,
+        group_name=GROUP_EMBEDDINGS,
+        code_version=ADAPTER_VERSION,
+        kinds={"pytorch", "parquet"},
+        deps=["plate_catalog"],
+    )
+    def _embeddings(
+        context: dg.AssetExecutionContext,
+        config: EmbeddingRunConfig,
+        home: AwbHome,
+        instruments: InstrumentsResource,
+        torch_settings: TorchResource,
+    ) -> dg.MaterializeResult:
+        catalog = home.catalog()
+        store = home.store()
+        problems: list[str] = []
+        for pin_key, keyed_plates in _split_keys(context).items():
+            embedder = instruments.embedder(pin_key, family)
+            sealed = {} if config.force else store.sealed_pairs(pin_key)
+            todo, missing = _plan(catalog, keyed_plates, sealed, embedder)
+            problems.extend(f"{plate_id}: not in the plate catalog {catalog.path}" for plate_id in missing)
+            context.log.info(
+                f"{pin_key}: {len(keyed_plates)} partitions, {len(todo)} to embed, "
+                f"{len(keyed_plates) - len(todo) - len(missing)} already sealed"
+            )
+            pin_pass = _PinPass(context, embedder, store, torch_settings, home.max_pixels)
+            if todo:
+                pin_pass.embed(todo)
+                manifest = pin_pass.run.seal()
+                context.log.info(f"{pin_key}: sealed run {manifest.run_id} at {manifest.run_dir}")
+            problems.extend(pin_pass.failures)
+            sealed = store.sealed_pairs(pin_key)
+            for key, plate_id in keyed_plates:
+                plate = catalog.plates.get(plate_id)
+                pair = sealed.get((plate_id, plate.sha256, embedder.preprocess_tag)) if plate else None
+                if pair is None:
+                    continue
+                reused = pin_pass.run is None or pair.run_id != pin_pass.run.run_id
+                context.add_asset_metadata(
+                    _partition_metadata(embedder, pair, reused=reused, home=home.home),
+                    partition_key=key,
+                )
+        if problems:
+            raise dg.Failure(
+                description=f"{len(problems)} plate(s) could not be embedded; the others are sealed "
+                "and a retry skips them:\n" + "\n".join(problems),
+            )
+        return dg.MaterializeResult(metadata={"model_loads": instruments.loads})
+
+    return _embeddings
+
+
+def _plan(
+    catalog: PlateCatalog,
+    keyed_plates: list[tuple[str, str]],
+    sealed: dict[tuple[str, str, str], SealedPair],
+    embedder: ImageEmbedder,
+) -> tuple[list[Plate], list[str]]:
+    todo: list[Plate] = []
+    missing: list[str] = []
+    for _, plate_id in keyed_plates:
+        plate = catalog.plates.get(plate_id)
+        if plate is None:
+            missing.append(plate_id)
+        elif (plate_id, plate.sha256, embedder.preprocess_tag) not in sealed:
+            todo.append(plate)
+    return todo, missing

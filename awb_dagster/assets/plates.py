@@ -1,0 +1,104 @@
+"""The plate catalog asset and the sensor that keeps plate and pin partitions in sync."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from awb_dagster.constants import GROUP_PLATES, PLATES_PARTITIONS_NAME
+from awb_dagster.partitions import pins_partitions
+from awb_dagster.plates.catalog import PlateCatalog, ScanResult
+from awb_dagster.registry.lock import PinLock
+from awb_dagster.registry.model import Registry
+from awb_dagster.resources import AwbHome
+
+
+def scan_plates(home: AwbHome, dirs: list[Path] | None = None) -> tuple[PlateCatalog, ScanResult]:
+    """Scan ``dirs`` plus every folder registered before; save the catalog atomically."""
+    catalog = home.catalog()
+    folders = [*map(str, (Path(d).resolve() for d in dirs or ())), *catalog.sources]
+    result = catalog.scan([Path(f) for f in dict.fromkeys(folders)], max_pixels=home.max_pixels)
+    catalog.save()
+    return catalog, result
+
+
+def wanted_partition_keys(home: AwbHome) -> dict[str, list[str]]:
+    """Every plate of the catalog and every pin ever locked, by dynamic partitions name."""
+    wanted: dict[str, list[str]] = {PLATES_PARTITIONS_NAME: list(home.catalog().plates)}
+    lock = PinLock.load(home.paths.lock)
+    registry = Registry.load(lock_path=home.paths.lock)
+    for family, partitions_def in pins_partitions.items():
+        wanted[partitions_def.name] = [
+            pin.key for entry in registry.family(family) for pin in lock.pins_for(entry.instrument.id)
+        ]
+    return wanted
+
+
+def sync_partitions(instance: dg.DagsterInstance, home: AwbHome) -> dict[str, list[str]]:
+    """Add plate and pin keys the instance does not know yet. Never deletes a key:
+    old pins and plates keep their history."""
+    added: dict[str, list[str]] = {}
+    for name, keys in wanted_partition_keys(home).items():
+        known = set(instance.get_dynamic_partitions(name))
+        new = [k for k in keys if k not in known]
+        if new:
+            instance.add_dynamic_partitions(name, new)
+            added[name] = new
+    return added
+
+
+@dg.asset(
+    group_name=GROUP_PLATES,
+    description="The plate catalog: every registered plate with sha256, size, format and color "
+    "mode, plus the files rejected by the last scan and why.",
+    kinds={"json"},
+)
+def plate_catalog(context: dg.AssetExecutionContext, home: AwbHome) -> dg.MaterializeResult:
+    catalog, result = scan_plates(home)
+    added = sync_partitions(context.instance, home)
+    context.log.info(result.summary())
+    rows = [
+        dg.TableRecord(
+            {"plate_id": p.plate_id, "sha256": p.sha256, "size": f"{p.width}x{p.height}", "mode": p.mode, "path": str(p.path)}
+        )
+        for p in catalog.plates.values()
+    ]
+    rejected = [dg.TableRecord({"path": r.path, "reason": r.reason}) for r in result.rejected]
+    return dg.MaterializeResult(
+        metadata={
+            "plates": len(catalog.plates),
+            "added": len(result.added),
+            "updated": len(result.updated),
+            "rejected": len(result.rejected),
+            "catalog": dg.MetadataValue.path(str(catalog.path)),
+            "plate_table": dg.MetadataValue.table(
+                rows,
+                schema=dg.TableSchema.from_name_type_dict(
+                    {"plate_id": "string", "sha256": "string", "size": "string", "mode": "string", "path": "string"}
+                ),
+            ),
+            "rejections": dg.MetadataValue.table(
+                rejected, schema=dg.TableSchema.from_name_type_dict({"path": "string", "reason": "string"})
+            ),
+            "new_partitions": dg.MetadataValue.json(added),
+        }
+    )
+
+
+@dg.sensor(
+    description="Rescans the registered plate folders and the pin lock; registers new plate and "
+    "pin partitions.",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def plate_and_pin_sensor(context: dg.SensorEvaluationContext, home: AwbHome) -> dg.SensorResult:
+    _, result = scan_plates(home)
+    requests = [
+        dg.AddDynamicPartitionsRequest(name, keys)
+        for name, keys in wanted_partition_keys(home).items()
+        if keys
+    ]
+    message = result.summary()
+    if result.rejected:
+        message += "; rejected: " + "; ".join(f"{r.path}: {r.reason}" for r in result.rejected)
+    return dg.SensorResult(dynamic_partitions_requests=requests, skip_reason=dg.SkipReason(message))

@@ -1,0 +1,9 @@
+"""Names defined once: groups, pools, tags, families."""
+
+EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2")
+GROUP_PLATES = "plates"
+GROUP_EMBEDDINGS = "embeddings"
+GPU_POOL = "gpu"
+PLATE_DIMENSION = "plate"
+PIN_DIMENSION = "pin"
+PLATES_PARTITIONS_NAME = "plates"

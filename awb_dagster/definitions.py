@@ -1,0 +1,66 @@
+"""The code location: assets, resources and sensors, assembled. Configuration comes from
+the environment so the same module serves `awb demo`, `awb ui` and `dagster dev`:
+``AWB_HOME`` (state folder), ``AWB_DEVICE``/``AWB_DTYPE``/``AWB_BATCH_SIZE`` (torch),
+``HF_ENDPOINT``/``HF_TOKEN``/``HF_HUB_OFFLINE`` (hub), ``AWB_LICENSE_OPT_IN`` (comma list)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from awb_dagster.assets import EMBEDDING_ASSETS, plate_and_pin_sensor, plate_catalog
+from awb_dagster.paths import resolve_home
+from awb_dagster.runner import family_job_name
+from awb_dagster.resources import AwbHome, HubResource, InstrumentsResource, TorchResource
+
+
+def build_resources(
+    *,
+    home: str | None = None,
+    endpoint: str | None = None,
+    offline: bool | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | None = None,
+    license_opt_in: list[str] | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    env = os.environ
+    home_resource = AwbHome(home=str(resolve_home(home)))
+    hub = HubResource(
+        endpoint=endpoint or env.get("HF_ENDPOINT"),
+        token=env.get("HF_TOKEN"),
+        offline=offline if offline is not None else env.get("HF_HUB_OFFLINE", "0") in ("1", "true", "yes"),
+    )
+    torch_settings = TorchResource(
+        device=device or env.get("AWB_DEVICE", "auto"),
+        dtype=dtype or env.get("AWB_DTYPE", "auto"),
+        batch_size=batch_size or int(env.get("AWB_BATCH_SIZE", "32")),
+    )
+    opt_in = license_opt_in if license_opt_in is not None else [
+        item.strip() for item in env.get("AWB_LICENSE_OPT_IN", "").split(",") if item.strip()
+    ]
+    return {
+        "home": home_resource,
+        "hub": hub,
+        "torch_settings": torch_settings,
+        "instruments": InstrumentsResource(
+            home=home_resource, hub=hub, torch=torch_settings, license_opt_in=opt_in
+        ),
+    }
+
+
+def build_definitions(**resource_overrides) -> dg.Definitions:
+    jobs = [
+        dg.define_asset_job(family_job_name(asset.key.path[-1].removesuffix("_embeddings")), selection=[asset])
+        for asset in EMBEDDING_ASSETS
+    ]
+    return dg.Definitions(
+        assets=[plate_catalog, *EMBEDDING_ASSETS],
+        jobs=jobs,
+        sensors=[plate_and_pin_sensor],
+        resources=build_resources(**resource_overrides),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,127 @@
+"""Tiny checkpoints of the real transformers architectures, for tests and the offline demo.
+
+Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2) with tiny dimensions and
+seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
+``model.safetensors`` and the real image processor's ``preprocessor_config.json``. The same seed
+gives the same bytes, so a repo published from them gets the same commit sha every time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from awb_dagster.demo.hub import LoopbackHub
+
+CheckpointKind = Literal["clip", "siglip", "dinov2"]
+
+DEMO_REPOS: dict[str, CheckpointKind] = {
+    "awb-demo/tiny-clip": "clip",
+    "awb-demo/tiny-siglip": "siglip",
+    "awb-demo/tiny-dinov2": "dinov2",
+}
+
+DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
+    "clip": "zero-shot-image-classification",
+    "siglip": "zero-shot-image-classification",
+    "dinov2": "image-feature-extraction",
+}
+
+DEMO_LICENSE = "apache-2.0"
+
+# Shared tiny transformer geometry: 2 layers, 4 heads, small MLP.
+_TINY_ENCODER = {"num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+_TINY_TEXT = {
+    **_TINY_ENCODER,
+    "vocab_size": 99,
+    "max_position_embeddings": 16,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+
+_IMAGENET_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _tiny_clip() -> tuple[object, object]:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    # projection_dim is repeated in the sub-configs: CLIPVisionModelWithProjection reads vision_config's.
+    config = CLIPConfig(
+        text_config={**_TINY_TEXT, "hidden_size": 32, "projection_dim": 32},
+        vision_config={**_TINY_ENCODER, "hidden_size": 32, "image_size": 32, "patch_size": 8, "projection_dim": 32},
+        projection_dim=32,
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    )
+    return CLIPModel(config), processor
+
+
+def _tiny_siglip() -> tuple[object, object]:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    config = SiglipConfig(
+        text_config={**_TINY_TEXT, "hidden_size": 48},
+        vision_config={**_TINY_ENCODER, "hidden_size": 48, "image_size": 32, "patch_size": 8},
+    )
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return SiglipModel(config), processor
+
+
+def _tiny_dinov2() -> tuple[object, object]:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=40, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, patch_size=14, image_size=28
+    )
+    # Same recipe as facebook/dinov2-*: bicubic shortest-edge resize, center crop, ImageNet statistics.
+    processor = BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 28, "width": 28},
+        do_center_crop=True,
+        resample=3,
+        image_mean=_IMAGENET_MEAN,
+        image_std=_IMAGENET_STD,
+    )
+    return Dinov2Model(config), processor
+
+
+_BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
+    "clip": _tiny_clip,
+    "siglip": _tiny_siglip,
+    "dinov2": _tiny_dinov2,
+}
+
+
+def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
+    """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``."""
+    import torch
+
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = _BUILDERS[kind]()
+    with tempfile.TemporaryDirectory(prefix=f"awb-tiny-{kind}-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
+
+
+def publish_demo_repos(hub: LoopbackHub, seed: int = 0) -> dict[str, str]:
+    """Commit every demo repo to ``hub``; return repo id -> commit sha."""
+    return {
+        repo_id: hub.add_commit(
+            repo_id,
+            build_tiny_repo(kind, seed=seed),
+            license=DEMO_LICENSE,
+            pipeline_tag=DEMO_PIPELINE_TAGS[kind],
+            library_name="transformers",
+        )
+        for repo_id, kind in DEMO_REPOS.items()
+    }

@@ -1,0 +1,100 @@
+"""`awb demo`: the whole chain offline, on tiny random-weight checkpoints of the real
+CLIP, SigLIP and DINOv2 architectures served by a loopback hub."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from awb_dagster.constants import EMBEDDING_FAMILIES
+from awb_dagster.paths import HomePaths
+
+SAMPLE_PLATES = Path(__file__).resolve().parent.parent / "sample_plates"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_demo(home: Path, plates_dir: Path | None = None) -> int:
+    from awb_dagster.assets.plates import scan_plates, sync_partitions
+    from awb_dagster.cli import _table, format_lineage
+    from awb_dagster.definitions import build_definitions
+    from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos
+    from awb_dagster.demo.hub import LoopbackHub
+    from awb_dagster.instance import open_instance
+    from awb_dagster.provenance.lineage import lineage
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+    from awb_dagster.registry.pins import capture_pin
+    from awb_dagster.resources import AwbHome
+    from awb_dagster.resources.hub import apply_hub_settings
+    from awb_dagster.runner import materialize_family
+
+    paths = HomePaths(home)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    os.environ["AWB_HOME"] = str(paths.root)
+    _say(f"awb demo: home {paths.root}")
+
+    hub = LoopbackHub(paths.hub)
+    if set(DEMO_REPOS) - set(hub.repo_ids()):
+        _say("building tiny CLIP / SigLIP / DINOv2 checkpoints (random weights: outputs carry no meaning)")
+        publish_demo_repos(hub)
+    with hub:
+        endpoint = hub.start()
+        apply_hub_settings(endpoint, offline=False)
+        _say(f"loopback hub serving {len(DEMO_REPOS)} demo repos at {endpoint}")
+
+        registry = Registry.load(lock_path=paths.lock)
+        lock = PinLock.load(paths.lock)
+        for repo_id in DEMO_REPOS:
+            pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint)
+            lock.add(pin)
+            _say(f"pinned {repo_id} -> {pin.key}")
+        lock.save(paths.lock)
+
+        home_resource = AwbHome(home=str(paths.root))
+        catalog, scan = scan_plates(home_resource, [plates_dir or SAMPLE_PLATES])
+        _say(f"plates: {scan.summary()}")
+        for rejection in scan.rejected:
+            _say(f"  rejected {rejection.path}: {rejection.reason}")
+
+        instance = open_instance(paths)
+        sync_partitions(instance, home_resource)
+        defs = build_definitions(home=str(paths.root), endpoint=endpoint, offline=False)
+        registry = Registry.load(lock_path=paths.lock)
+        summary = []
+        plate_ids = list(catalog.plates)
+        for family in EMBEDDING_FAMILIES:
+            for entry in registry.family(family):
+                if not entry.instrument.demo or entry.active_pin is None:
+                    continue
+                pin_key = entry.active_pin.key
+                started = time.perf_counter()
+                runs = materialize_family(defs, instance, family, pin_key, plate_ids)
+                seconds = time.perf_counter() - started
+                if not all(run.success for run in runs):
+                    _say(f"FAILED: {family} {pin_key}; see the Dagster run {runs[-1].dagster_run_id}")
+                    return 1
+                sealed = home_resource.store().sealed_pairs(pin_key)
+                summary.append(
+                    {
+                        "family": family,
+                        "pin": pin_key,
+                        "plates": len(plate_ids),
+                        "records": sum(len(p.record_ids) for p in sealed.values() if p.plate_id in catalog.plates),
+                        "runs": len({p.run_id for p in sealed.values()}),
+                        "dagster_runs": len(runs),
+                        "seconds": f"{seconds:.1f}",
+                    }
+                )
+        _say("")
+        _say(_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
+        first_pin = summary[0]["pin"]
+        pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
+        _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
+        _say(format_lineage(lineage(home_resource.store(), pair.record_ids[0])))
+        _say(f"\nopen the UI on this home: awb ui --home {paths.root}")
+    apply_hub_settings(None, offline=True)
+    return 0

@@ -1,0 +1,231 @@
+"""Image embedding instruments (CLIP, SigLIP, DINOv2) through transformers at a pinned sha.
+
+Plain Python: no Dagster here. An :class:`ImageEmbedder` is built from a registry
+instrument and its pin, loads weights once, and turns RGB images into float32 vectors
+whose dim is asserted against the registry and the pin.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+
+from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag
+from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.model import Instrument
+
+# Bump when the adapter or its preprocessing code changes what it computes.
+ADAPTER_VERSION = "embedding-v1"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """How one model family is loaded and which output is its image embedding."""
+
+    model_class: str
+    output_field: str
+    # CLIP checkpoints carry the projection dim at the top level of a CLIPConfig;
+    # the vision tower must be built with it or its projection is re-initialized.
+    vision_config_from_parent: bool = False
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "clip": FamilySpec("CLIPVisionModelWithProjection", "image_embeds", vision_config_from_parent=True),
+    "siglip": FamilySpec("SiglipVisionModel", "pooler_output"),
+    "dinov2": FamilySpec("Dinov2Model", "pooler_output"),
+}
+
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class InstrumentError(Exception):
+    """An instrument cannot run: names the model, the pin and what to do."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InstrumentError(f"device {device!r} was requested but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise InstrumentError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+
+
+def describe_processor(processor: Any) -> dict[str, Any]:
+    """Every processor setting that changes pixels, in a stable order."""
+    config = processor.to_dict()
+    resample = config.get("resample")
+    resize_library = (
+        f"PIL-{PIL.__version__}"
+        if type(processor).__name__.endswith("Pil")
+        else f"torchvision-{importlib.import_module('torchvision').__version__}"
+    )
+    return {
+        "processor": type(processor).__name__,
+        "do_resize": config.get("do_resize"),
+        "resize_library": resize_library,
+        "resample": _RESAMPLE_NAMES.get(resample, str(resample)),
+        "antialias": True,
+        "size": config.get("size"),
+        "do_center_crop": config.get("do_center_crop"),
+        "crop_size": config.get("crop_size") if config.get("do_center_crop") else None,
+        "do_rescale": config.get("do_rescale"),
+        "rescale_factor": config.get("rescale_factor"),
+        "do_normalize": config.get("do_normalize"),
+        "image_mean": [round(float(x), 6) for x in config.get("image_mean") or []],
+        "image_std": [round(float(x), 6) for x in config.get("image_std") or []],
+    }
+
+
+def _size_text(size: dict[str, int] | None) -> str:
+    if not size:
+        return "none"
+    return ",".join(f"{k}={v}" for k, v in sorted(size.items()))
+
+
+def preprocess_tag(spec: dict[str, Any]) -> str:
+    """A tag naming everything that changes pixels; two different pipelines never share one."""
+    crop = f"center:{_size_text(spec['crop_size'])}" if spec["do_center_crop"] else "none"
+    norm = (
+        "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
+        "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
+        if spec["do_normalize"]
+        else "none"
+    )
+    rescale = f"{spec['rescale_factor']:.8g}" if spec["do_rescale"] else "none"
+    return (
+        f"dec={spec['decoder']};color={spec['color_policy']};proc={spec['processor']};"
+        f"resize={spec['resize_library']}:{spec['resample']}:antialias:{_size_text(spec['size'])};"
+        f"crop={crop};rescale={rescale};norm={norm};adapter={ADAPTER_VERSION}"
+    )
+
+
+class ImageEmbedder:
+    """A loaded embedding instrument at one pin."""
+
+    def __init__(
+        self,
+        instrument: Instrument,
+        pin: Pin,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_dir: Path | None = None,
+        local_files_only: bool = False,
+    ):
+        if instrument.family not in FAMILIES:
+            raise InstrumentError(
+                f"{instrument.id}: family {instrument.family!r} has no embedding adapter "
+                f"(adapters: {', '.join(sorted(FAMILIES))})"
+            )
+        if pin.model_id != instrument.id:
+            raise InstrumentError(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")
+        self.instrument = instrument
+        self.pin = pin
+        self.family = FAMILIES[instrument.family]
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._hub_kwargs: dict[str, Any] = {
+            "revision": pin.sha,  # always the locked sha, never a branch
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "local_files_only": local_files_only,
+            "trust_remote_code": instrument.trust_remote_code,
+        }
+        self.processor, self.model = self._load()
+        spec = describe_processor(self.processor)
+        spec.update(decoder=decoder_tag(), color_policy=COLOR_POLICY)
+        spec["color_policy_description"] = COLOR_POLICY_DESCRIPTION
+        self.preprocess_spec = spec
+        self.preprocess_tag = preprocess_tag(spec)
+        self.dim = self._probe_dim()
+
+    def _load(self) -> tuple[Any, torch.nn.Module]:
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # load reports of unused text towers are noise
+        model_class = getattr(transformers, self.family.model_class)
+        model_id = self.instrument.id
+        try:
+            processor = transformers.AutoImageProcessor.from_pretrained(model_id, **self._hub_kwargs)
+            extra: dict[str, Any] = {}
+            if self.family.vision_config_from_parent:
+                parent = transformers.AutoConfig.from_pretrained(model_id, **self._hub_kwargs)
+                vision_config = parent.vision_config
+                vision_config.projection_dim = parent.projection_dim
+                extra["config"] = vision_config
+            model = model_class.from_pretrained(
+                model_id, use_safetensors=True, dtype=self.dtype, **self._hub_kwargs, **extra
+            )
+        except OSError as exc:
+            raise InstrumentError(
+                f"{model_id}@{self.pin.sha}: cannot load weights ({exc}). Weights load only at the "
+                "locked sha through safetensors; check the hub endpoint/token, or the local cache "
+                "when offline (HF_HUB_OFFLINE=1)."
+            ) from exc
+        return processor, model.eval().to(self.device)
+
+    def _probe_dim(self) -> int:
+        size = self.preprocess_spec["crop_size"] or self.preprocess_spec["size"]
+        height = size.get("height") or size.get("shortest_edge")
+        width = size.get("width") or size.get("shortest_edge")
+        probe = PIL.Image.new("RGB", (width, height), (127, 127, 127))
+        dim = self.embed(self.prepare(probe).unsqueeze(0)).shape[1]
+        for source, declared in (("registry", self.instrument.expected_dim), ("pin", self.pin.output_dim)):
+            if declared is not None and declared != dim:
+                raise InstrumentError(
+                    f"{self.instrument.id}@{self.pin.sha[:10]}: the model outputs {dim}-d vectors "
+                    f"but the {source} declares {declared}; re-pin (`awb pin {self.instrument.id}`) "
+                    "or fix the registry entry"
+                )
+        return dim
+
+    def prepare(self, image: PIL.Image.Image) -> torch.Tensor:
+        """RGB image -> model input tensor [3, H, W]. Thread-safe; runs in decode workers."""
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    @torch.inference_mode()
+    def embed(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """[B, 3, H, W] -> raw embeddings [B, dim] as float32 on the CPU."""
+        batch = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+        output = getattr(self.model(pixel_values=batch), self.family.output_field)
+        return output.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """The instrument as the run manifest records it."""
+        pin = self.pin
+        return {
+            "model_id": self.instrument.id,
+            "instrument_key": self.instrument.key,
+            "family": self.instrument.family,
+            "pin_key": pin.key,
+            "sha": pin.sha,
+            "pin": pin.to_json(),
+            "license": self.instrument.license,  # as the registry declares it, never assumed
+            "license_captured": pin.license,  # what the hub said when the pin was taken
+            "output_kind": "vector",
+            "output_dim": self.dim,
+            "output_dtype": "float32",
+            "output_field": self.family.output_field,
+            "model_class": self.family.model_class,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "preprocess_tag": self.preprocess_tag,
+            "preprocess": self.preprocess_spec,
+            "failure_modes": list(self.instrument.failure_modes),
+            "demo": self.instrument.demo,
+        }

@@ -1,0 +1,31 @@
+"""Partitions, defined once: plates are shared by every family, pins are per family."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from awb_dagster.constants import (
+    EMBEDDING_FAMILIES,
+    PIN_DIMENSION,
+    PLATE_DIMENSION,
+    PLATES_PARTITIONS_NAME,
+)
+
+plates_partitions = dg.DynamicPartitionsDefinition(name=PLATES_PARTITIONS_NAME)
+
+
+def pins_partitions_name(family: str) -> str:
+    return f"{family}_pins"
+
+
+pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
+    family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
+    for family in EMBEDDING_FAMILIES
+}
+
+
+def plate_pin_partitions(family: str) -> dg.MultiPartitionsDefinition:
+    """plate × pin. Dimensions sort by name, so keys read ``<pin>|<plate>``."""
+    return dg.MultiPartitionsDefinition(
+        {PLATE_DIMENSION: plates_partitions, PIN_DIMENSION: pins_partitions[family]}
+    )

@@ -1,0 +1,55 @@
+"""Lineage of one record: plate bytes -> pin -> preprocessing -> run -> artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from awb_dagster.provenance.store import RunStore, sha256_file
+
+
+def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
+    """Everything needed to trace ``record_id`` back to the exact bytes and weights."""
+    manifest, pair = store.find_record(record_id)
+    row = (
+        pl.scan_parquet(pair.artifact_path)
+        .filter(pl.col("record_id") == record_id)
+        .select(pl.exclude("vector", "vector_l2"))
+        .collect()
+    )
+    if row.height != 1:
+        raise ValueError(
+            f"{pair.artifact_path}: expected one row for record {record_id}, found {row.height}"
+        )
+    record = row.row(0, named=True)
+    plate = next(p for p in manifest.payload["plates"] if p["plate_id"] == pair.plate_id)
+    instrument = next(i for i in manifest.payload["instruments"] if i["pin_key"] == pair.pin_key)
+    actual_sha = sha256_file(pair.artifact_path) if pair.artifact_path.is_file() else None
+    return {
+        "record_id": record_id,
+        "scope": record.get("scope"),
+        "region_ref": record.get("region_ref"),
+        "vector_dim": record.get("vector_dim"),
+        "plate": {
+            "plate_id": pair.plate_id,
+            "sha256": pair.plate_sha256,
+            "path": plate["source_paths"][0],
+            "source_paths": plate["source_paths"],
+        },
+        "model": {
+            "model_id": instrument["model_id"],
+            "sha": instrument["sha"],
+            "pin_key": pair.pin_key,
+            "license": instrument["license"],
+            "failure_modes": instrument["failure_modes"],
+        },
+        "preprocess_tag": pair.preprocess_tag,
+        "run_id": pair.run_id,
+        "dagster_run_id": pair.dagster_run_id,
+        "artifact": {
+            "path": str(pair.artifact_path),
+            "sha256": pair.artifact_sha256,
+            "verified": actual_sha == pair.artifact_sha256,
+        },
+    }

@@ -1,0 +1,67 @@
+"""Record ids and the Arrow schemas of the output contracts (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+SCOPES = ("plate", "segment", "tile")
+
+_ID_SEPARATOR = "\x1f"  # cannot appear in a sha, tag or region ref, so fields never run together
+
+
+def record_id(
+    *, plate_sha256: str, model_sha: str, preprocess_tag: str, scope: str, region: str = ""
+) -> str:
+    """Deterministic id of one output record: the same inputs always give the same id."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    payload = _ID_SEPARATOR.join((plate_sha256, model_sha, preprocess_tag, scope, region))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """Schema of an embedding artifact: one row per (plate or region, pin)."""
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            ("record_id", pa.string()),
+            ("plate_id", pa.string()),
+            ("plate_sha256", pa.string()),
+            ("model_id", pa.string()),
+            ("model_sha", pa.string()),
+            ("pin_key", pa.string()),
+            ("preprocess_tag", pa.string()),
+            ("run_id", pa.string()),
+            ("scope", pa.string()),
+            ("region_ref", pa.string()),
+            ("vector_dim", pa.int32()),
+            ("vector", vector),
+            ("vector_l2", vector),
+        ]
+    )
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalization in float32; a zero vector stays zero rather than NaN."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def embedding_table(rows: list[dict], vectors: np.ndarray) -> pa.Table:
+    """Build an embedding artifact table; the vector dim is asserted by the schema."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(rows) != vectors.shape[0]:
+        raise ValueError(f"{len(rows)} rows but vectors of shape {vectors.shape}")
+    dim = vectors.shape[1]
+    schema = embedding_schema(dim)
+    columns = {name: [row[name] for row in rows] for name in schema.names[:-3]}
+    columns["vector_dim"] = [dim] * len(rows)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+    flat_l2 = pa.array(l2_normalize(vectors).reshape(-1), type=pa.float32())
+    columns["vector_l2"] = pa.FixedSizeListArray.from_arrays(flat_l2, dim)
+    return pa.table(columns, schema=schema)

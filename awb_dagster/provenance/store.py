@@ -1,0 +1,311 @@
+"""The sealed run store (DESIGN.md section 5).
+
+Layout: ``<root>/runs/<run_id>/`` holds append-only artifacts and, once the run is sealed,
+``run.manifest.json``. The manifest is written last and atomically, so a run directory
+without one is an interrupted run and is never read as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_NAME = "run.manifest.json"
+MANIFEST_VERSION = 1
+_TRACKED_LIBRARIES = (
+    "awb-dagster",
+    "dagster",
+    "torch",
+    "torchvision",
+    "transformers",
+    "huggingface_hub",
+    "safetensors",
+    "pillow",
+    "numpy",
+    "pyarrow",
+    "polars",
+)
+
+
+class StoreError(Exception):
+    """A run store problem: names the run and the file."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _make_read_only(path: Path) -> None:
+    path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a run, as listed in its manifest."""
+
+    path: str  # relative to the run directory
+    sha256: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SealedPair:
+    """A (plate, pin) pair whose records are in a sealed run."""
+
+    run_id: str
+    dagster_run_id: str | None
+    plate_id: str
+    plate_sha256: str
+    pin_key: str
+    preprocess_tag: str
+    record_ids: tuple[str, ...]
+    artifact: str
+    artifact_sha256: str
+    artifact_path: Path
+
+
+class Manifest:
+    """A sealed run's manifest, read-only."""
+
+    def __init__(self, run_dir: Path, payload: dict[str, Any]):
+        self.run_dir = run_dir
+        self.payload = payload
+
+    @property
+    def run_id(self) -> str:
+        return self.payload["run_id"]
+
+    @property
+    def pairs(self) -> list[dict[str, Any]]:
+        return self.payload.get("pairs", [])
+
+    def artifact(self, relpath: str) -> dict[str, Any]:
+        for output in self.payload["outputs"]:
+            if output["path"] == relpath:
+                return output
+        raise StoreError(f"run {self.run_id}: {relpath} is not listed in its manifest")
+
+    def sealed_pair(self, pair: dict[str, Any]) -> SealedPair:
+        return SealedPair(
+            run_id=self.run_id,
+            dagster_run_id=self.payload.get("dagster_run_id"),
+            plate_id=pair["plate_id"],
+            plate_sha256=pair["plate_sha256"],
+            pin_key=pair["pin_key"],
+            preprocess_tag=pair["preprocess_tag"],
+            record_ids=tuple(pair["record_ids"]),
+            artifact=pair["artifact"],
+            artifact_sha256=self.artifact(pair["artifact"])["sha256"],
+            artifact_path=self.run_dir / pair["artifact"],
+        )
+
+
+@dataclass
+class OpenRun:
+    """A run being written. Artifacts are created exclusively (never overwritten);
+    :meth:`seal` writes the manifest last and makes every file read-only."""
+
+    store: RunStore
+    run_id: str
+    run_dir: Path
+    header: dict[str, Any]
+    instruments: list[dict[str, Any]] = field(default_factory=list)
+    plates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: list[Artifact] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    sealed: bool = False
+
+    def add_instrument(self, description: dict[str, Any]) -> None:
+        self.instruments.append(description)
+
+    def add_plate(self, plate: dict[str, Any]) -> None:
+        self.plates.setdefault(plate["plate_id"], plate)
+
+    def write_table(self, stem: str, table: pa.Table) -> Artifact:
+        """Write ``<stem>-NNNNN.parquet`` (next free part number) and record its checksum."""
+        part = sum(1 for a in self.outputs if a.path.startswith(f"{stem}-"))
+        relpath = f"{stem}-{part:05d}.parquet"
+        path = self.run_dir / relpath
+        with open(path, "xb") as handle:  # exclusive: an artifact is never rewritten
+            pq.write_table(table, handle, compression="zstd")
+        artifact = Artifact(relpath, sha256_file(path), table.num_rows, path.stat().st_size)
+        self.outputs.append(artifact)
+        return artifact
+
+    def write_bytes(self, relpath: str, data: bytes, rows: int = 0) -> Artifact:
+        path = self.run_dir / relpath
+        with open(path, "xb") as handle:
+            handle.write(data)
+        artifact = Artifact(relpath, hashlib.sha256(data).hexdigest(), rows, len(data))
+        self.outputs.append(artifact)
+        return artifact
+
+    def add_pair(
+        self,
+        *,
+        plate_id: str,
+        plate_sha256: str,
+        pin_key: str,
+        preprocess_tag: str,
+        record_ids: list[str],
+        artifact: Artifact,
+    ) -> None:
+        self.pairs.append(
+            {
+                "plate_id": plate_id,
+                "plate_sha256": plate_sha256,
+                "pin_key": pin_key,
+                "preprocess_tag": preprocess_tag,
+                "record_ids": list(record_ids),
+                "artifact": artifact.path,
+            }
+        )
+
+    def add_failure(self, *, plate_id: str, pin_key: str, reason: str) -> None:
+        self.failures.append({"plate_id": plate_id, "pin_key": pin_key, "reason": reason})
+
+    def seal(self) -> Manifest:
+        if self.sealed:
+            raise StoreError(f"run {self.run_id} is already sealed")
+        payload = {
+            **self.header,
+            "manifest_version": MANIFEST_VERSION,
+            "status": "sealed",
+            "sealed_at": utc_now(),
+            "instruments": self.instruments,
+            "plates": list(self.plates.values()),
+            "outputs": [vars(a) for a in self.outputs],
+            "pairs": self.pairs,
+            "failures": self.failures,
+        }
+        for artifact in self.outputs:
+            _make_read_only(self.run_dir / artifact.path)
+        manifest_path = self.run_dir / MANIFEST_NAME
+        _write_json_atomic(manifest_path, payload)
+        _make_read_only(manifest_path)
+        self.sealed = True
+        return Manifest(self.run_dir, payload)
+
+
+class RunStore:
+    """Sealed runs under ``<root>/runs``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+
+    def open_run(
+        self,
+        *,
+        kind: str,
+        dagster_run_id: str | None = None,
+        code_version: str | None = None,
+        device: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> OpenRun:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_id = f"{stamp}-{kind}-{uuid.uuid4().hex[:8]}"
+        run_dir = self.runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        header = {
+            "run_id": run_id,
+            "kind": kind,
+            "dagster_run_id": dagster_run_id,
+            "code_version": code_version,
+            "started_at": utc_now(),
+            "host": platform.node(),
+            "device": device,
+            "libraries": library_versions(),
+            "config": config or {},
+        }
+        return OpenRun(self, run_id, run_dir, header)
+
+    def run_dirs(self) -> list[Path]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir())
+
+    def manifests(self) -> Iterator[Manifest]:
+        """Sealed runs only, oldest first; unsealed directories are skipped."""
+        for run_dir in self.run_dirs():
+            path = run_dir / MANIFEST_NAME
+            if not path.is_file():
+                continue
+            try:
+                payload = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise StoreError(f"{path}: manifest is not valid JSON ({exc})") from exc
+            yield Manifest(run_dir, payload)
+
+    def manifest(self, run_id: str) -> Manifest:
+        path = self.runs_dir / run_id / MANIFEST_NAME
+        if not path.is_file():
+            state = "is not sealed (interrupted or still running)" if path.parent.is_dir() else "does not exist"
+            raise StoreError(f"run {run_id} {state} under {self.runs_dir}")
+        return Manifest(path.parent, json.loads(path.read_text(encoding="utf-8")))
+
+    def unsealed_runs(self) -> list[Path]:
+        return [d for d in self.run_dirs() if not (d / MANIFEST_NAME).is_file()]
+
+    def sealed_pairs(self, pin_key: str) -> dict[tuple[str, str, str], SealedPair]:
+        """Latest sealed pair per (plate_id, plate_sha256, preprocess_tag) for one pin."""
+        found: dict[tuple[str, str, str], SealedPair] = {}
+        for manifest in self.manifests():
+            for pair in manifest.pairs:
+                if pair["pin_key"] == pin_key:
+                    key = (pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"])
+                    found[key] = manifest.sealed_pair(pair)
+        return found
+
+    def find_record(self, record_id: str) -> tuple[Manifest, SealedPair]:
+        for manifest in self.manifests():
+            for pair in manifest.pairs:
+                if record_id in pair["record_ids"]:
+                    return manifest, manifest.sealed_pair(pair)
+        raise StoreError(
+            f"record {record_id} is in no sealed run under {self.runs_dir} "
+            "(check the id, or the --home the run was made with)"
+        )

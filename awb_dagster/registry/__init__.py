@@ -1,0 +1,47 @@
+"""The instrument registry: roster, pins, admission gate. Knows nothing about Dagster."""
+
+from awb_dagster.registry.appendix import render_appendix
+from awb_dagster.registry.lock import LockError, Pin, PinLock
+from awb_dagster.registry.model import (
+    ADMISSION_FIELDS,
+    FAMILIES,
+    FLAGGED_LICENSE_PREFIXES,
+    FLAGGED_LICENSES,
+    LOCK_PATH,
+    OUTPUT_KINDS,
+    ROSTER_PATH,
+    SOURCES,
+    DeadAlias,
+    Instrument,
+    LicenseOptInError,
+    NotAdmittedError,
+    Registry,
+    RegistryEntry,
+    RegistryError,
+    UnknownModelError,
+    license_needs_opt_in,
+)
+
+__all__ = [
+    "ADMISSION_FIELDS",
+    "FAMILIES",
+    "FLAGGED_LICENSES",
+    "FLAGGED_LICENSE_PREFIXES",
+    "LOCK_PATH",
+    "OUTPUT_KINDS",
+    "ROSTER_PATH",
+    "SOURCES",
+    "DeadAlias",
+    "Instrument",
+    "LicenseOptInError",
+    "LockError",
+    "NotAdmittedError",
+    "Pin",
+    "PinLock",
+    "Registry",
+    "RegistryEntry",
+    "RegistryError",
+    "UnknownModelError",
+    "license_needs_opt_in",
+    "render_appendix",
+]

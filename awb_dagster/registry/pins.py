@@ -1,0 +1,243 @@
+"""Pin capture through ``huggingface_hub`` (seed section 2).
+
+``capture_pin`` asks the hub for a model's metadata (``HfApi.model_info``: ``modelId``,
+``pipeline_tag``, ``library_name``, license, head ``sha``, gating), downloads the config at that
+exact sha (``config.json``, or ``open_clip_config.json`` for open_clip repos) and reads the fields
+that fix output dim and input size. A config whose output dim disagrees with the roster's
+``expected_dim`` is refused. Every hub failure becomes a :class:`PinError` that names the model and
+what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.hf_api import ModelInfo
+from huggingface_hub.utils import httpx
+
+from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.model import Instrument
+
+HUB_SOURCES = frozenset({"hf", "demo"})
+DEFAULT_REVISION = "main"
+CONFIG_FILE = "config.json"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+# Where open_clip_config.json keeps the embedding dim and the input size.
+OPEN_CLIP_DIM_FIELD = "model_cfg.embed_dim"
+OPEN_CLIP_SIZE_FIELD = "model_cfg.vision_cfg.image_size"
+
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_UNREACHABLE = (httpx.TransportError, hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError)
+
+
+class PinError(Exception):
+    """A pin could not be captured; the message names the model and what to do."""
+
+
+class ModelNotFoundError(PinError):
+    """The hub has no such model id."""
+
+
+class GatedModelError(PinError):
+    """The model is gated and the token is missing or has no access."""
+
+
+class RevisionNotFoundError(PinError):
+    """The model exists but the requested revision does not."""
+
+
+class HubUnreachableError(PinError):
+    """The hub cannot be reached (connection refused, timeout, offline mode)."""
+
+
+class DimMismatchError(PinError):
+    """The config's output dim differs from the roster's declared ``expected_dim``."""
+
+
+class NotPinnableError(PinError):
+    """The instrument's weights are not hosted on the hub (torchvision, Tesseract)."""
+
+
+def capture_pin(
+    instrument: Instrument,
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    cache_dir: Path | None = None,
+) -> Pin:
+    """Capture a pin of ``instrument`` at ``revision`` (default: the head of ``main``).
+
+    Raises a :class:`PinError` subclass when the model, revision or hub is unavailable, when
+    the model is gated without access, or when the config's output dim is not the declared one.
+    """
+    if instrument.source not in HUB_SOURCES:
+        raise NotPinnableError(
+            f"{instrument.id} ({instrument.key}) comes from {instrument.source}, not the Hugging Face hub: its"
+            " pin is the library version + weight id + sha256 of the weight file (seed section 11), which is"
+            " not captured through the hub. Record it in the lock by hand."
+        )
+    hub = (endpoint or constants.ENDPOINT).rstrip("/")
+    requested = revision or DEFAULT_REVISION
+    with _hub_errors(instrument.id, hub, requested, token):
+        info = _model_info(instrument.id, hub, token, revision)
+        sha = _require_sha(info, instrument.id, hub)
+        config_file, config = _download_config(instrument.id, sha, hub, token, cache_dir)
+
+    dim_field, size_field = _config_fields(instrument, config_file)
+    captured = {
+        field: _lookup(config, field, instrument.id, sha, config_file)
+        for field in (dim_field, size_field)
+        if field is not None
+    }
+    output_dim = captured.get(dim_field) if dim_field else None
+    if output_dim is not None and instrument.expected_dim is not None and output_dim != instrument.expected_dim:
+        raise DimMismatchError(
+            f"{instrument.id}@{sha[:10]}: {config_file} field '{dim_field}' is {output_dim}, but roster.toml"
+            f" declares expected_dim = {instrument.expected_dim} for {instrument.key}. Refusing to pin; fix"
+            " expected_dim (or dim_config_field) in roster.toml, or pin a revision whose config matches."
+        )
+    return Pin(
+        model_id=info.id,
+        sha=sha,
+        revision_requested=requested,
+        pipeline_tag=info.pipeline_tag,
+        library_name=info.library_name,
+        license=declared_license(info),
+        gated=bool(info.gated),
+        config=captured,
+        output_dim=output_dim,
+        input_size=captured.get(size_field) if size_field else None,
+        pinned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        endpoint=hub,
+        instrument_key=instrument.key,
+    )
+
+
+def head_moved(pin: Pin, *, endpoint: str | None = None, token: str | None = None) -> str | None:
+    """The hub's current head sha if it differs from ``pin.sha``, else ``None``.
+
+    The head is that of the branch or tag the pin was captured from; a pin requested by commit
+    sha follows ``main``.
+    """
+    hub = (endpoint or pin.endpoint).rstrip("/")
+    followed = DEFAULT_REVISION if _COMMIT_SHA.fullmatch(pin.revision_requested) else pin.revision_requested
+    with _hub_errors(pin.model_id, hub, followed, token):
+        head = _require_sha(_model_info(pin.model_id, hub, token, followed), pin.model_id, hub)
+    return None if head == pin.sha else head
+
+
+def _model_info(model_id: str, hub: str, token: str | None, revision: str | None) -> ModelInfo:
+    return HfApi(endpoint=hub, token=token).model_info(
+        model_id, revision=revision, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+    )
+
+
+def _require_sha(info: ModelInfo, model_id: str, hub: str) -> str:
+    if info.sha is None or not _COMMIT_SHA.fullmatch(info.sha):
+        raise PinError(f"{model_id}: {hub} answered without a commit sha ({info.sha!r}); is it a Hugging Face hub?")
+    return info.sha
+
+
+def _download_config(
+    model_id: str, sha: str, hub: str, token: str | None, cache_dir: Path | None
+) -> tuple[str | None, dict[str, Any]]:
+    """(file name, parsed JSON) of the first config the repo has at ``sha``, or (None, {})."""
+    for filename in (CONFIG_FILE, OPEN_CLIP_CONFIG_FILE):
+        try:
+            path = hf_hub_download(
+                model_id, filename, revision=sha, endpoint=hub, token=token, cache_dir=cache_dir
+            )
+        except hf_errors.RemoteEntryNotFoundError:
+            continue
+        return filename, json.loads(Path(path).read_text(encoding="utf-8"))
+    return None, {}
+
+
+def _config_fields(instrument: Instrument, config_file: str | None) -> tuple[str | None, str | None]:
+    """The dotted config fields holding output dim and input size, for the config file found."""
+    if config_file == OPEN_CLIP_CONFIG_FILE:
+        return (
+            instrument.dim_config_field or (OPEN_CLIP_DIM_FIELD if instrument.expected_dim else None),
+            instrument.size_config_field or (OPEN_CLIP_SIZE_FIELD if instrument.input_size else None),
+        )
+    return instrument.dim_config_field, instrument.size_config_field
+
+
+def _lookup(config: Mapping[str, Any], field: str, model_id: str, sha: str, config_file: str | None) -> Any:
+    """The value at a dotted path of ``config``; a field the config lacks is a roster error."""
+    if config_file is None:
+        raise PinError(
+            f"{model_id}@{sha[:10]}: the repo has neither {CONFIG_FILE} nor {OPEN_CLIP_CONFIG_FILE}, so '{field}'"
+            " cannot be read; drop dim_config_field/size_config_field from roster.toml and audit the model by hand."
+        )
+    value: Any = config
+    for part in field.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise PinError(
+                f"{model_id}@{sha[:10]}: {config_file} has no field '{field}'; fix dim_config_field/size_config_field"
+                " in roster.toml to name a field the config has."
+            )
+        value = value[part]
+    return value
+
+
+def declared_license(info: ModelInfo) -> str:
+    """The card's ``license``, else a ``license:*`` tag, else ``unknown`` (never assumed)."""
+    declared = info.card_data.get("license") if info.card_data is not None else None
+    if isinstance(declared, list):
+        declared = ",".join(str(item) for item in declared)
+    if declared:
+        return str(declared)
+    tag = next((t for t in info.tags or () if t.startswith("license:")), None)
+    return tag.removeprefix("license:") if tag else "unknown"
+
+
+@contextmanager
+def _hub_errors(model_id: str, hub: str, revision: str, token: str | None) -> Iterator[None]:
+    """Translate ``huggingface_hub`` failures into :class:`PinError`s that say what to do."""
+    try:
+        yield
+    except hf_errors.GatedRepoError as error:
+        access = (
+            "the token given has no access to it"
+            if token
+            else "no token was given (set HF_TOKEN or `hub.token` in the config)"
+        )
+        raise GatedModelError(
+            f"{model_id} is gated on {hub} and {access}. Accept its license on {hub}/{model_id} with the"
+            " account whose token you use, then retry."
+        ) from error
+    except hf_errors.RepositoryNotFoundError as error:
+        raise ModelNotFoundError(
+            f"{model_id} not found on {hub}; check the id (`awb registry show`), or if it is private, set"
+            " HF_TOKEN (or `hub.token` in the config)."
+        ) from error
+    except hf_errors.RevisionNotFoundError as error:
+        raise RevisionNotFoundError(
+            f"{model_id} has no revision {revision!r} on {hub}; pass a branch, tag or full commit sha that"
+            " exists (`--revision`), or omit it to pin the head of main."
+        ) from error
+    except hf_errors.HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in (401, 403):
+            raise GatedModelError(
+                f"{model_id}: {hub} refused access (HTTP {status}); set a token with access (HF_TOKEN or"
+                f" `hub.token` in the config) and accept the license on {hub}/{model_id}."
+            ) from error
+        raise PinError(f"{model_id}: {hub} answered HTTP {status} ({error}); retry later.") from error
+    except _UNREACHABLE as error:
+        reason = "offline mode is on" if isinstance(error, hf_errors.OfflineModeIsEnabled) else str(error)
+        raise HubUnreachableError(
+            f"{model_id}: the hub at {hub} cannot be reached ({reason}). Pinning needs the hub; to run"
+            " without it, keep the existing lock and set HF_HUB_OFFLINE=1 with a local cache that holds"
+            " the pinned files."
+        ) from error

@@ -1,0 +1,75 @@
+"""Torch placement and the loaded-instrument cache: weights load once per run per pin."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
+from awb_dagster.registry.lock import PinLock
+from awb_dagster.resources.home import AwbHome
+from awb_dagster.resources.hub import HubResource
+
+
+class TorchResource(dg.ConfigurableResource):
+    """Device, dtype and batching policy for GPU-heavy steps."""
+
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU"
+    )
+    batch_size: int = Field(default=32, ge=1, description="Plates per forward pass")
+    decode_workers: int = Field(default=4, ge=1, description="Threads decoding plates ahead of the model")
+    prefetch_batches: int = Field(default=2, ge=0, description="Batches decoded ahead of the model")
+
+    def resolved_device(self) -> str:
+        return str(resolve_device(self.device))
+
+
+class InstrumentsResource(dg.ConfigurableResource):
+    """Hands out loaded instruments; each (pin) loads once per run and process."""
+
+    home: AwbHome
+    hub: HubResource
+    torch: TorchResource
+    license_opt_in: list[str] = Field(
+        default_factory=list,
+        description="Instrument keys, ids or license tags allowed to run despite a flagged license",
+    )
+
+    _loaded: dict[str, ImageEmbedder] = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._loaded = {}
+
+    def embedder(self, pin_key: str, family: str) -> ImageEmbedder:
+        """The loaded embedder for ``pin_key``, after the admission and license gates."""
+        if pin_key in self._loaded:
+            return self._loaded[pin_key]
+        registry = self.home.registry()
+        pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
+        if pin is None:
+            raise dg.Failure(
+                f"pin {pin_key} is not in the lock file {self.home.paths.lock}; "
+                "pin the model first (`awb pin MODEL`)"
+            )
+        entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
+        if entry.instrument.family != family:
+            raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {family}")
+        embedder = ImageEmbedder(
+            entry.instrument,
+            pin,
+            device=self.torch.device,
+            dtype=self.torch.dtype,
+            cache_dir=self.home.paths.hf_cache,
+            local_files_only=self.hub.offline,
+        )
+        self._loaded[pin_key] = embedder
+        return embedder
+
+    @property
+    def loads(self) -> int:
+        """Model loads performed by this resource in this run."""
+        return len(self._loaded)

@@ -1,0 +1,77 @@
+"""Materialize family assets through Dagster from the command line, as few runs as the
+partition order allows (one run per contiguous range of plates for one pin)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
+
+
+def family_job_name(family: str) -> str:
+    return f"{family}_embeddings_job"
+
+
+@dataclass(frozen=True)
+class RangeRun:
+    pin_key: str
+    plate_ids: tuple[str, ...]
+    dagster_run_id: str
+    success: bool
+
+
+def contiguous_ranges(ordered: Sequence[str], chosen: Sequence[str]) -> list[list[str]]:
+    """Split ``chosen`` into runs of keys that are adjacent in ``ordered``."""
+    wanted = set(chosen)
+    ranges: list[list[str]] = []
+    current: list[str] = []
+    for key in ordered:
+        if key in wanted:
+            current.append(key)
+        elif current:
+            ranges.append(current)
+            current = []
+    if current:
+        ranges.append(current)
+    return ranges
+
+
+def _multi_key(pin_key: str, plate_id: str) -> str:
+    return str(dg.MultiPartitionKey({PIN_DIMENSION: pin_key, PLATE_DIMENSION: plate_id}))
+
+
+def materialize_family(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    family: str,
+    pin_key: str,
+    plate_ids: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    on_run: Callable[[RangeRun], None] | None = None,
+) -> list[RangeRun]:
+    """Run ``<family>_embeddings`` for one pin over ``plate_ids`` (default: all plates)."""
+    ordered = instance.get_dynamic_partitions(PLATES_PARTITIONS_NAME)
+    unknown = sorted(set(plate_ids or ()) - set(ordered))
+    if unknown:
+        raise ValueError(f"not registered plates: {', '.join(unknown)} (register with `awb plates add DIR`)")
+    job = defs.resolve_job_def(family_job_name(family))
+    results = []
+    for plates in contiguous_ranges(ordered, plate_ids or ordered):
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": _multi_key(pin_key, plates[0]),
+                "dagster/asset_partition_range_end": _multi_key(pin_key, plates[-1]),
+            },
+            run_config={"ops": {f"{family}_embeddings": {"config": {"force": force}}}},
+            raise_on_error=False,
+        )
+        run = RangeRun(pin_key, tuple(plates), result.run_id, result.success)
+        results.append(run)
+        if on_run:
+            on_run(run)
+    return results

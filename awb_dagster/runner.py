@@ -51,6 +51,7 @@ def materialize_family(
     plate_ids: Sequence[str] | None = None,
     *,
     force: bool = False,
+    log_level: str = "INFO",
     on_run: Callable[[RangeRun], None] | None = None,
 ) -> list[RangeRun]:
     """Run ``<family>_embeddings`` for one pin over ``plate_ids`` (default: all plates)."""
@@ -67,7 +68,10 @@ def materialize_family(
                 "dagster/asset_partition_range_start": _multi_key(pin_key, plates[0]),
                 "dagster/asset_partition_range_end": _multi_key(pin_key, plates[-1]),
             },
-            run_config={"ops": {f"{family}_embeddings": {"config": {"force": force}}}},
+            run_config={
+                "ops": {f"{family}_embeddings": {"config": {"force": force}}},
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
             raise_on_error=False,
         )
         run = RangeRun(pin_key, tuple(plates), result.run_id, result.success)

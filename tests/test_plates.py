@@ -482,5 +482,5 @@ def test_load_missing_is_empty_and_corrupt_names_the_file(tmp_path: Path) -> Non
 
 
 def test_get_unknown_plate_says_how_to_register(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="awb plates scan"):
+    with pytest.raises(KeyError, match="awb plates add"):
         PlateCatalog(tmp_path / "catalog.json").get("nope")

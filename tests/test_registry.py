@@ -201,7 +201,8 @@ def test_roster_holds_tesseract_convnets_and_demo(registry: Registry) -> None:
 def test_roster_covers_every_seed_row(registry: Registry) -> None:
     seed_ids = {seed_model_id(row) for row in SEED_ROWS}
     assert seed_ids == EXPECTED_HF_IDS | {"tesseract"}
-    roster_ids = {e.instrument.id for e in registry.entries if e.instrument.source in ("hf", "tesseract")}
+    sources = ("hf", "tesseract")
+    roster_ids = {e.instrument.id for e in registry.entries if e.instrument.source in sources}
     assert roster_ids == seed_ids
 
 
@@ -213,7 +214,8 @@ def test_entry_matches_its_seed_row(registry: Registry, row: dict[str, str | Non
     assert inst.role == row["role"]
     assert inst.section == row["section"]
     assert inst.notes.startswith(str(row["notes"]))
-    assert inst.expected_dim == seed_column(row, "expected dim")
+    if (dim := seed_column(row, "expected dim")) is not None:
+        assert inst.expected_dim == dim
     if (size := seed_column(row, "canonical i")) is not None:
         assert inst.input_size == size
 
@@ -325,11 +327,13 @@ def test_not_admitted_error_names_every_missing_field(registry: Registry) -> Non
         registry.require_admitted("facebook/dino-v2-large")
 
 
-def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(tmp_path: Path, registry: Registry) -> None:
+def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
+    tmp_path: Path, registry: Registry
+) -> None:
     pinned_registry = pinned(tmp_path, make_pin(registry, "sam-vit-huge"))
     entry = pinned_registry.get("sam-vit-huge")
     assert entry.status == "ideas" and entry.missing == ("sealed_runs",)
-    with pytest.raises(NotAdmittedError, match="sealed_runs: no instrument adapter runs family 'sam'"):
+    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'sam'"):
         pinned_registry.require_admitted("sam-vit-huge")
 
 
@@ -362,7 +366,8 @@ def test_license_opt_in(tmp_path: Path, registry: Registry, opt_in: tuple, allow
     if allowed:
         assert pinned_registry.require_admitted("clip-vit-large-patch14", license_opt_in=opt_in)
     else:
-        with pytest.raises(LicenseOptInError, match=re.escape('license_opt_in: ["clip-vit-large-patch14"]')):
+        expected = re.escape('license_opt_in: ["clip-vit-large-patch14"]')
+        with pytest.raises(LicenseOptInError, match=expected):
             pinned_registry.require_admitted("clip-vit-large-patch14", license_opt_in=opt_in)
 
 
@@ -435,7 +440,8 @@ def test_minimal_roster_loads(tmp_path: Path) -> None:
     roster = tmp_path / "roster.toml"
     roster.write_text(GOOD_ENTRY, encoding="utf-8")
     registry = Registry.load(lock_path=tmp_path / "lock.json", roster_path=roster)
-    assert registry.get("model-a").missing == ("pin", "license", "outputs", "preprocessing", "sealed_runs")
+    missing = registry.get("model-a").missing
+    assert missing == ("pin", "license", "outputs", "preprocessing", "sealed_runs")
 
 
 def test_lock_with_pins_for_undeclared_model_fails(tmp_path: Path, registry: Registry) -> None:
@@ -447,7 +453,7 @@ def test_lock_with_pins_for_undeclared_model_fails(tmp_path: Path, registry: Reg
 
 
 def test_lock_dim_contradicting_roster_fails(tmp_path: Path, registry: Registry) -> None:
-    with pytest.raises(RegistryError, match="output_dim 1024 but the roster declares expected_dim 768"):
+    with pytest.raises(RegistryError, match="output_dim 1024 but the roster declares expected_dim"):
         pinned(tmp_path, make_pin(registry, "dinov2-base", output_dim=1024))
 
 
@@ -458,7 +464,15 @@ def test_pin_key_and_validation(registry: Registry) -> None:
     pin = make_pin(registry, "dinov2-large", sha="0123456789abcdef" * 2 + "01234567")
     assert pin.key == "dinov2-large@0123456789"
     make_pin(registry, "resnet50", sha="f" * 64)  # sha256 of a weight file is accepted
-    for bad in ({"sha": "main"}, {"pinned_at": "yesterday"}, {"pinned_at": "2025-01-02T03:04:05"}):
+    for bad in (
+        {"sha": "main"},
+        {"sha": "A" * 40},
+        {"pinned_at": "yesterday"},
+        {"pinned_at": "2025-01-02T03:04:05"},
+        {"gated": "no"},
+        {"output_dim": "1024"},
+        {"license": ""},
+    ):
         with pytest.raises(ValueError):
             make_pin(registry, "dinov2-large", **bad)
 
@@ -483,7 +497,8 @@ def test_missing_lock_is_empty(tmp_path: Path) -> None:
 
 
 def test_repin_keeps_history(tmp_path: Path, registry: Registry) -> None:
-    first, second = make_pin(registry, "dinov2-large"), make_pin(registry, "dinov2-large", sha="c" * 40)
+    first = make_pin(registry, "dinov2-large")
+    second = make_pin(registry, "dinov2-large", sha="c" * 40)
     lock = PinLock()
     assert lock.add(first) is True
     assert lock.add(first) is False  # same sha already active: no-op
@@ -503,7 +518,9 @@ def test_repin_keeps_history(tmp_path: Path, registry: Registry) -> None:
         lock.retire("facebook/dinov2-large", "d" * 40)
 
 
-def test_save_is_atomic(tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_is_atomic(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "pins.lock.json"
     lock = PinLock()
     lock.add(make_pin(registry, "dinov2-base"))
@@ -550,7 +567,8 @@ def test_appendix_has_every_card_pin_and_status(tmp_path: Path, registry: Regist
     for entry in pinned_registry.entries:
         assert f"### `{entry.instrument.id}`" in text
     assert f"`{old.sha}`" in text and f"`{'c' * 40}`" in text
-    assert "| `dinov2-large` | `facebook/dinov2-large` | dinov2 | DINOv2 large | apache-2.0 | admitted |" in text
+    summary_row = "| `dinov2-large` | `facebook/dinov2-large` | dinov2 | DINOv2 large | apache-2.0 |"
+    assert f"{summary_row} admitted |" in text
     assert "other (opt-in required)" in text
     assert "`IDEA-Research/detrex-mask2former`" in text
     assert "- **failure_modes**:\n  - " in text

@@ -7,6 +7,7 @@ pin, plates stream through the model in batches with decoding overlapped, and ea
 
 
 import time
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -28,11 +29,13 @@ class EmbeddingRunConfig(dg.Config):
     force: bool = False  # recompute (plate, pin) pairs that are already in a sealed run
 
 
-def _split_keys(context: dg.AssetExecutionContext) -> dict[str, list[tuple[str, str]]]:
+def _split_keys(
+    partitions_def: dg.MultiPartitionsDefinition, keys: list[str]
+) -> dict[str, list[tuple[str, str]]]:
     """Partition keys of this step grouped by pin, as (partition key, plate id)."""
     by_pin: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key in context.partition_keys:
-        dims = dg.MultiPartitionKey.from_str(key).keys_by_dimension if isinstance(key, str) and not isinstance(key, dg.MultiPartitionKey) else key.keys_by_dimension
+    for key in keys:
+        dims = partitions_def.get_partition_key_from_str(key).keys_by_dimension
         by_pin[dims[PIN_DIMENSION]].append((key, dims[PLATE_DIMENSION]))
     return by_pin
 
@@ -183,18 +186,8 @@ class _PinPass:
 
 def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
     """The ``<family>_embeddings`` asset, partitioned by plate × pin."""
+    partitions_def = plate_pin_partitions(family)
 
-    @dg.asset(
-        name=f"{family}_embeddings",
-        description=description,
-        partitions_def=plate_pin_partitions(family),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=GPU_POOL,
-        group_name=GROUP_EMBEDDINGS,
-        code_version=ADAPTER_VERSION,
-        kinds={"pytorch", "parquet"},
-        deps=["plate_catalog"],
-    )
     def _embeddings(
         context: dg.AssetExecutionContext,
         config: EmbeddingRunConfig,
@@ -205,7 +198,7 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
         catalog = home.catalog()
         store = home.store()
         problems: list[str] = []
-        for pin_key, keyed_plates in _split_keys(context).items():
+        for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
             embedder = instruments.embedder(pin_key, family)
             sealed = {} if config.force else store.sealed_pairs(pin_key)
             todo, missing = _plan(catalog, keyed_plates, sealed, embedder)
@@ -238,7 +231,20 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
             )
         return dg.MaterializeResult(metadata={"model_loads": instruments.loads})
 
-    return _embeddings
+    with warnings.catch_warnings():
+        # backfill_policy is marked beta in Dagster 1.13; single-run backfills are the point here.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(
+            name=f"{family}_embeddings",
+            description=description,
+            partitions_def=partitions_def,
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            pool=GPU_POOL,
+            group_name=GROUP_EMBEDDINGS,
+            code_version=ADAPTER_VERSION,
+            kinds={"pytorch", "parquet"},
+            deps=["plate_catalog"],
+        )(_embeddings)
 
 
 def _plan(

@@ -53,7 +53,9 @@ def _tiny_clip() -> tuple[object, object]:
     # projection_dim is repeated in the sub-configs: CLIPVisionModelWithProjection reads vision_config's.
     config = CLIPConfig(
         text_config={**_TINY_TEXT, "hidden_size": 32, "projection_dim": 32},
-        vision_config={**_TINY_ENCODER, "hidden_size": 32, "image_size": 32, "patch_size": 8, "projection_dim": 32},
+        vision_config={
+            **_TINY_ENCODER, "hidden_size": 32, "image_size": 32, "patch_size": 8, "projection_dim": 32
+        },
         projection_dim=32,
     )
     processor = CLIPImageProcessor(

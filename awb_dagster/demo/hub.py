@@ -87,7 +87,9 @@ def _git_blob_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-def _model_card(repo_id: str, license: str | None, pipeline_tag: str | None, library_name: str | None) -> bytes:
+def _model_card(
+    repo_id: str, license: str | None, pipeline_tag: str | None, library_name: str | None
+) -> bytes:
     """A README.md whose YAML front matter is where the real hub reads ``cardData`` from."""
     front = {"library_name": library_name, "license": license, "pipeline_tag": pipeline_tag}
     lines = ["---", *(f"{key}: {value}" for key, value in front.items() if value is not None), "---", ""]
@@ -155,7 +157,9 @@ class LoopbackHub:
         one is written with the card metadata in its front matter, as on the real hub. ``gated`` is
         the repo's access setting from this commit on. Earlier commits stay servable by sha.
         """
-        contents = {name: (data.read_bytes() if isinstance(data, Path) else bytes(data)) for name, data in files.items()}
+        contents = {
+            name: data.read_bytes() if isinstance(data, Path) else bytes(data) for name, data in files.items()
+        }
         contents.setdefault("README.md", _model_card(repo_id, license, pipeline_tag, library_name))
         stored = {
             name: StoredFile(name, hashlib.sha256(data).hexdigest(), len(data), _git_blob_oid(data))
@@ -267,7 +271,9 @@ class LoopbackHub:
             if blobs:
                 sibling.update(size=stored.size, blobId=stored.git_oid)
                 if stored.is_lfs:
-                    sibling["lfs"] = {"size": stored.size, "sha256": stored.sha256, "pointerSize": _LFS_POINTER_SIZE}
+                    sibling["lfs"] = {
+                        "size": stored.size, "sha256": stored.sha256, "pointerSize": _LFS_POINTER_SIZE
+                    }
             siblings.append(sibling)
         info = {
             "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
@@ -309,7 +315,8 @@ class LoopbackHub:
                 if depth > 1 and not recursive:
                     break
                 folder = prefix + "/".join(parts[:depth])
-                entries.setdefault(folder, {"type": "directory", "oid": _git_blob_oid(folder.encode()), "path": folder})
+                folder_entry = {"type": "directory", "oid": _git_blob_oid(folder.encode()), "path": folder}
+                entries.setdefault(folder, folder_entry)
             if recursive or len(parts) == 1:
                 entries[stored.path] = stored.tree_entry()
         return [entries[key] for key in sorted(entries)]
@@ -328,7 +335,9 @@ class LoopbackHub:
                 found.append({"type": "directory", "oid": _git_blob_oid(path.encode()), "path": path})
         return found
 
-    def file(self, repo_id: str, revision: str, path: str, authorization: str | None) -> tuple[str, StoredFile]:
+    def file(
+        self, repo_id: str, revision: str, path: str, authorization: str | None
+    ) -> tuple[str, StoredFile]:
         """The commit sha and stored file served at ``/{repo_id}/resolve/{revision}/{path}``."""
         _, sha, commit = self._readable_commit(repo_id, revision, authorization)
         stored = self._files(commit).get(path)
@@ -352,7 +361,9 @@ class LoopbackHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="loopback-hub", daemon=True
+        )
         self._thread.start()
         return self.endpoint
 

@@ -157,7 +157,9 @@ class ImageEmbedder:
     def _load(self) -> tuple[Any, torch.nn.Module]:
         import transformers
 
-        transformers.logging.set_verbosity_error()  # load reports of unused text towers are noise
+        # Load reports of unused text towers and per-tensor progress bars are noise here.
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         model_class = getattr(transformers, self.family.model_class)
         model_id = self.instrument.id
         try:

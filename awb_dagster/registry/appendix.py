@@ -91,8 +91,10 @@ def _license_label(entry: RegistryEntry) -> str:
 
 
 def _value(value: Any) -> str:
-    if value is None or value == ():
+    if value is None:
         return "not declared"
+    if value == ():
+        return "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, tuple):

@@ -61,6 +61,13 @@ class Pin:
         offset = stamp.utcoffset()
         if offset is None or offset:
             raise ValueError(f"pinned_at {self.pinned_at!r} is not in UTC")
+        for name in ("gated", "retired"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean")
+        for name in ("output_dim", "input_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer or null, got {value!r}")
         if not self.license:
             raise ValueError("license is empty; record 'unknown' when none is declared")
 

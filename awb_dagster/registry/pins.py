@@ -99,10 +99,11 @@ def capture_pin(
         if field is not None
     }
     output_dim = captured.get(dim_field) if dim_field else None
-    if output_dim is not None and instrument.expected_dim is not None and output_dim != instrument.expected_dim:
+    declared = instrument.expected_dim
+    if output_dim is not None and declared is not None and output_dim != declared:
         raise DimMismatchError(
             f"{instrument.id}@{sha[:10]}: {config_file} field '{dim_field}' is {output_dim}, but roster.toml"
-            f" declares expected_dim = {instrument.expected_dim} for {instrument.key}. Refusing to pin; fix"
+            f" declares expected_dim = {declared} for {instrument.key}. Refusing to pin; fix"
             " expected_dim (or dim_config_field) in roster.toml, or pin a revision whose config matches."
         )
     return Pin(
@@ -129,7 +130,8 @@ def head_moved(pin: Pin, *, endpoint: str | None = None, token: str | None = Non
     sha follows ``main``.
     """
     hub = (endpoint or pin.endpoint).rstrip("/")
-    followed = DEFAULT_REVISION if _COMMIT_SHA.fullmatch(pin.revision_requested) else pin.revision_requested
+    requested = pin.revision_requested
+    followed = DEFAULT_REVISION if _COMMIT_SHA.fullmatch(requested) else requested
     with _hub_errors(pin.model_id, hub, followed, token):
         head = _require_sha(_model_info(pin.model_id, hub, token, followed), pin.model_id, hub)
     return None if head == pin.sha else head
@@ -143,7 +145,9 @@ def _model_info(model_id: str, hub: str, token: str | None, revision: str | None
 
 def _require_sha(info: ModelInfo, model_id: str, hub: str) -> str:
     if info.sha is None or not _COMMIT_SHA.fullmatch(info.sha):
-        raise PinError(f"{model_id}: {hub} answered without a commit sha ({info.sha!r}); is it a Hugging Face hub?")
+        raise PinError(
+            f"{model_id}: {hub} answered without a commit sha ({info.sha!r}); check that it is a Hugging Face hub."
+        )
     return info.sha
 
 
@@ -172,19 +176,22 @@ def _config_fields(instrument: Instrument, config_file: str | None) -> tuple[str
     return instrument.dim_config_field, instrument.size_config_field
 
 
-def _lookup(config: Mapping[str, Any], field: str, model_id: str, sha: str, config_file: str | None) -> Any:
+def _lookup(
+    config: Mapping[str, Any], field: str, model_id: str, sha: str, config_file: str | None
+) -> Any:
     """The value at a dotted path of ``config``; a field the config lacks is a roster error."""
     if config_file is None:
         raise PinError(
-            f"{model_id}@{sha[:10]}: the repo has neither {CONFIG_FILE} nor {OPEN_CLIP_CONFIG_FILE}, so '{field}'"
-            " cannot be read; drop dim_config_field/size_config_field from roster.toml and audit the model by hand."
+            f"{model_id}@{sha[:10]}: the repo has neither {CONFIG_FILE} nor {OPEN_CLIP_CONFIG_FILE}, so"
+            f" '{field}' cannot be read; drop dim_config_field/size_config_field from roster.toml and audit"
+            " the model by hand."
         )
     value: Any = config
     for part in field.split("."):
         if not isinstance(value, Mapping) or part not in value:
             raise PinError(
-                f"{model_id}@{sha[:10]}: {config_file} has no field '{field}'; fix dim_config_field/size_config_field"
-                " in roster.toml to name a field the config has."
+                f"{model_id}@{sha[:10]}: {config_file} has no field '{field}'; fix"
+                " dim_config_field/size_config_field in roster.toml to name a field the config has."
             )
         value = value[part]
     return value

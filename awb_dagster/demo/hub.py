@@ -87,6 +87,13 @@ def _git_blob_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary sibling, so a reader in another process never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _model_card(
     repo_id: str, license: str | None, pipeline_tag: str | None, library_name: str | None
 ) -> bytes:
@@ -179,7 +186,7 @@ class LoopbackHub:
                 blob = self._blob_path(stored[name].sha256)
                 if not blob.exists():
                     blob.parent.mkdir(parents=True, exist_ok=True)
-                    blob.write_bytes(data)
+                    _write_atomically(blob, data)
             repo["commits"][sha] = {
                 "parent": parent,
                 "date": now,
@@ -191,9 +198,7 @@ class LoopbackHub:
             repo["refs"][DEFAULT_BRANCH] = sha
             repo["gated"] = gated
             repo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = repo_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(repo, indent=1, sort_keys=True))
-            os.replace(tmp, repo_path)
+            _write_atomically(repo_path, json.dumps(repo, indent=1, sort_keys=True).encode())
         return sha
 
     # -- request handling ------------------------------------------------------------------

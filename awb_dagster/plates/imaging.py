@@ -88,10 +88,18 @@ def sha256_stream(stream: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def open_checked(path: str | os.PathLike[str], stream: BinaryIO, *, max_pixels: int) -> Image.Image:
+def open_checked(
+    path: str | os.PathLike[str],
+    stream: BinaryIO,
+    *,
+    max_pixels: int,
+    draft_min_side: int | None = None,
+) -> Image.Image:
     """Open ``stream`` (the bytes of ``path``), refuse it over ``max_pixels``, decode it fully.
 
-    The pixel count is checked from the header, before any pixel data is decoded.
+    The pixel count is checked from the header, before any pixel data is decoded. With
+    ``draft_min_side`` a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
+    keeps both sides at least that long; other formats decode at full size.
     Raises :class:`PlateError` with the reason for every failure of the file itself.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -119,6 +127,8 @@ def open_checked(path: str | os.PathLike[str], stream: BinaryIO, *, max_pixels: 
     if width * height > max_pixels:
         image.close()
         raise PlateError(path, format_pixel_limit_reason(width, height, max_pixels))
+    if draft_min_side and image.format == "JPEG":
+        image.draft(image.mode, (draft_min_side, draft_min_side))
     try:
         image.load()
         image.getexif()  # parsed (and cached) here so damaged EXIF is a rejection too
@@ -148,11 +158,13 @@ def load_rgb(
     *,
     max_pixels: int,
     expected_sha256: str | None = None,
+    draft_min_side: int | None = None,
 ) -> Image.Image:
     """Decode ``path`` under the color policy and return a new 8-bit RGB image.
 
     With ``expected_sha256`` the bytes decoded are checked against it, so pixels can
     never be attributed to a catalog record whose file has since changed.
+    ``draft_min_side`` allows reduced-scale JPEG decoding (see :func:`open_checked`).
     """
     try:
         data = Path(path).read_bytes()
@@ -168,7 +180,9 @@ def load_rgb(
                 f"file changed since it was scanned (sha256 {actual}, catalog has "
                 f"{expected_sha256}); rescan the plate folder",
             )
-    with open_checked(path, io.BytesIO(data), max_pixels=max_pixels) as image:
+    with open_checked(
+        path, io.BytesIO(data), max_pixels=max_pixels, draft_min_side=draft_min_side
+    ) as image:
         return to_rgb(ImageOps.exif_transpose(image))
 
 

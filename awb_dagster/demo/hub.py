@@ -36,6 +36,8 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from awb_dagster.registry.hub_settings import reset_transformers_hf_api, set_hub_endpoint
+
 Gated = Literal[False, "auto", "manual"]
 
 DEMO_TOKEN = "hf_awb_loopback_demo_token"
@@ -503,38 +505,18 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def use_hub_endpoint(endpoint: str) -> Iterator[str]:
-    """Point ``huggingface_hub`` and ``transformers`` of this process at ``endpoint``, then restore.
-
-    ``HF_ENDPOINT`` is read once, when ``huggingface_hub.constants`` is imported; setting the variable
-    later changes nothing in this process. So this sets ``HF_ENDPOINT`` (for child processes) and
-    patches the constants derived from it, and drops the ``HfApi`` that ``transformers`` caches
-    (it keeps the endpoint it was built with).
-    """
+    """Point ``huggingface_hub`` and ``transformers`` of this process at ``endpoint``, then restore."""
     from huggingface_hub import constants
 
-    endpoint = endpoint.rstrip("/")
-    host = urlsplit(endpoint).hostname
     saved_env = os.environ.get("HF_ENDPOINT")
     saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_URL_HOSTS)
-    os.environ["HF_ENDPOINT"] = endpoint
-    constants.ENDPOINT = endpoint
-    constants.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    constants.HF_URL_HOSTS = saved[2] | ({host} if host else set())
-    _reset_transformers_hf_api()
+    set_hub_endpoint(endpoint)
     try:
-        yield endpoint
+        yield endpoint.rstrip("/")
     finally:
         constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_URL_HOSTS = saved
         if saved_env is None:
             os.environ.pop("HF_ENDPOINT", None)
         else:
             os.environ["HF_ENDPOINT"] = saved_env
-        _reset_transformers_hf_api()
-
-
-def _reset_transformers_hf_api() -> None:
-    import sys
-
-    transformers_hub = sys.modules.get("transformers.utils.hub")
-    if transformers_hub is not None and hasattr(transformers_hub, "_hf_api"):
-        transformers_hub._hf_api = None
+        reset_transformers_hf_api()

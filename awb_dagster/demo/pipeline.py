@@ -29,7 +29,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.registry.model import Registry
     from awb_dagster.registry.pins import capture_pin
     from awb_dagster.resources import AwbHome
-    from awb_dagster.resources.hub import apply_hub_settings
+    from awb_dagster.registry.hub_settings import set_hub_endpoint
     from awb_dagster.runner import materialize_family
 
     paths = HomePaths(home)
@@ -43,7 +43,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         publish_demo_repos(hub)
     with hub:
         endpoint = hub.start()
-        apply_hub_settings(endpoint, offline=False)
+        set_hub_endpoint(endpoint)
         _say(f"loopback hub serving {len(DEMO_REPOS)} demo repos at {endpoint}")
 
         registry = Registry.load(lock_path=paths.lock)
@@ -96,5 +96,4 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
         _say(format_lineage(lineage(home_resource.store(), pair.record_ids[0])))
         _say(f"\nopen the UI on this home: awb ui --home {paths.root}")
-    apply_hub_settings(None, offline=True)
     return 0

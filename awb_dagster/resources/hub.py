@@ -8,23 +8,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-
-def apply_hub_settings(endpoint: str | None, offline: bool) -> None:
-    """Point huggingface_hub (and transformers through it) at ``endpoint``.
-
-    huggingface_hub reads ``HF_ENDPOINT``/``HF_HUB_OFFLINE`` once at import, so the
-    environment is set for child processes and the already-imported constants are
-    updated for this one.
-    """
-    from huggingface_hub import constants
-
-    if endpoint:
-        endpoint = endpoint.rstrip("/")
-        os.environ["HF_ENDPOINT"] = endpoint
-        constants.ENDPOINT = endpoint
-        constants.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
-    constants.HF_HUB_OFFLINE = offline
+from awb_dagster.registry.hub_settings import set_hub_endpoint, set_hub_offline
 
 
 class HubResource(dg.ConfigurableResource):
@@ -35,6 +19,8 @@ class HubResource(dg.ConfigurableResource):
     offline: bool = Field(default=False, description="Never contact the hub; use the local cache")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        apply_hub_settings(self.endpoint, self.offline)
+        if self.endpoint:
+            set_hub_endpoint(self.endpoint)
+        set_hub_offline(self.offline)
         if self.token:
             os.environ["HF_TOKEN"] = self.token

@@ -1,0 +1,47 @@
+"""The code location loads and exposes the expected assets, partitions, jobs and sensor."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from awb_dagster.constants import GPU_POOL, PIN_DIMENSION, PLATE_DIMENSION
+from awb_dagster.definitions import defs
+
+FAMILIES = ("clip", "siglip", "dinov2")
+
+
+def test_asset_keys():
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"plate_catalog", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_asset_shape(family: str):
+    asset = defs.resolve_assets_def(f"{family}_embeddings")
+    partitions = asset.partitions_def
+    assert isinstance(partitions, dg.MultiPartitionsDefinition)
+    dims = {d.name: d.partitions_def for d in partitions.partitions_defs}
+    assert set(dims) == {PLATE_DIMENSION, PIN_DIMENSION}
+    assert dims[PLATE_DIMENSION].name == "plates"
+    assert dims[PIN_DIMENSION].name == f"{family}_pins"
+    assert all(isinstance(d, dg.DynamicPartitionsDefinition) for d in dims.values())
+    assert asset.backfill_policy == dg.BackfillPolicy.single_run()
+    assert asset.op.pool == GPU_POOL
+    assert asset.code_versions_by_key[asset.key]
+    assert defs.resolve_job_def(f"{family}_embeddings_job")
+
+
+def test_sensor_runs_by_default():
+    sensor = defs.resolve_sensor_def("plate_and_pin_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_instance_yaml_sets_sqlite_and_gpu_pool(tmp_path):
+    from awb_dagster.instance import open_instance
+    from awb_dagster.paths import HomePaths
+
+    instance = open_instance(HomePaths(tmp_path))
+    assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
+    assert str(tmp_path / "dagster") in instance.root_directory

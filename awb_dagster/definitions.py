@@ -1,6 +1,7 @@
 """The code location: assets, resources and sensors, assembled. Configuration comes from
 the environment so the same module serves `awb demo`, `awb ui` and `dagster dev`:
-``AWB_HOME`` (state folder), ``AWB_DEVICE``/``AWB_DTYPE``/``AWB_BATCH_SIZE`` (torch),
+``AWB_HOME`` (state folder), ``AWB_DEVICE``/``AWB_DTYPE``/``AWB_BATCH_SIZE``/
+``AWB_DECODE_WORKERS``/``AWB_JPEG_DRAFT`` (torch resource),
 ``HF_ENDPOINT``/``HF_TOKEN``/``HF_HUB_OFFLINE`` (hub), ``AWB_LICENSE_OPT_IN`` (comma list)."""
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def build_resources(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    decode_workers: int | None = None,
+    jpeg_draft: bool | None = None,
     license_opt_in: list[str] | None = None,
 ) -> dict[str, dg.ConfigurableResource]:
     env = os.environ
@@ -36,6 +39,8 @@ def build_resources(
         device=device or env.get("AWB_DEVICE", "auto"),
         dtype=dtype or env.get("AWB_DTYPE", "auto"),
         batch_size=batch_size or int(env.get("AWB_BATCH_SIZE", "32")),
+        decode_workers=decode_workers or int(env.get("AWB_DECODE_WORKERS", "4")),
+        jpeg_draft=jpeg_draft if jpeg_draft is not None else env.get("AWB_JPEG_DRAFT", "1") not in ("0", "false", "no"),
     )
     opt_in = license_opt_in if license_opt_in is not None else [
         item.strip() for item in env.get("AWB_LICENSE_OPT_IN", "").split(",") if item.strip()

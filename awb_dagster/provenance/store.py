@@ -204,6 +204,10 @@ class OpenRun:
             }
         )
 
+    def note(self, key: str, value: Any) -> None:
+        """Record a run-level fact (timings, counts) in the manifest header."""
+        self.header[key] = value
+
     def add_failure(self, *, plate_id: str, pin_key: str, reason: str) -> None:
         self.failures.append({"plate_id": plate_id, "pin_key": pin_key, "reason": reason})
 

@@ -23,6 +23,11 @@ class TorchResource(dg.ConfigurableResource):
     batch_size: int = Field(default=32, ge=1, description="Plates per forward pass")
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding plates ahead of the model")
     prefetch_batches: int = Field(default=2, ge=0, description="Batches decoded ahead of the model")
+    jpeg_draft: bool = Field(
+        default=True,
+        description="Decode JPEGs at the largest DCT reduction keeping both sides >= 2x the "
+        "model input side (recorded in the preprocess tag); False decodes at full size",
+    )
 
     def resolved_device(self) -> str:
         return str(resolve_device(self.device))
@@ -65,6 +70,7 @@ class InstrumentsResource(dg.ConfigurableResource):
             dtype=self.torch.dtype,
             cache_dir=self.home.paths.hf_cache,
             local_files_only=self.hub.offline,
+            jpeg_draft=self.torch.jpeg_draft,
         )
         self._loaded[pin_key] = embedder
         return embedder

@@ -167,16 +167,19 @@ def main() -> int:
             images = list(pool.map(lambda p: load_rgb(p.path, max_pixels=10**9, draft_min_side=draft), plates))
         decode_s = time.perf_counter() - started
         bs = args.batch_size
-        embedder.embed(torch.stack([embedder.prepare(im) for im in images[:bs]]))  # warm-up
+        embedder.embed(embedder.pixel_values([embedder.prepare(im) for im in images[:bs]]))  # warm-up
         sync()
 
         started = time.perf_counter()
         for i in range(0, len(images), bs):
-            embedder.embed(torch.stack([embedder.prepare(im) for im in images[i : i + bs]]))
+            embedder.embed(embedder.pixel_values([embedder.prepare(im) for im in images[i : i + bs]]))
         sync()
         bare_s = time.perf_counter() - started
 
-        tensors = [torch.stack([embedder.prepare(im) for im in images[i : i + bs]]) for i in range(0, len(images), bs)]
+        tensors = [
+            embedder.pixel_values([embedder.prepare(im) for im in images[i : i + bs]])
+            for i in range(0, len(images), bs)
+        ]
         del images
         started = time.perf_counter()
         for batch in tensors:

@@ -164,7 +164,7 @@ class _PinPass:
                     run.add_failure(plate_id=slot.item.plate_id, pin_key=embedder.pin.key, reason=reason)
             if not good:
                 continue
-            vectors = embedder.embed(torch.stack([slot.value for slot in good]))
+            vectors = embedder.embed(embedder.pixel_values([slot.value for slot in good]))
             rows = [self._row(slot.item, run.run_id) for slot in good]
             artifact = run.write_table("embeddings", embedding_table(rows, vectors))
             for slot, row in zip(good, rows):

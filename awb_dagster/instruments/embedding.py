@@ -117,7 +117,8 @@ def preprocess_tag(spec: dict[str, Any]) -> str:
     draft = f"jpeg-dct-min-side-{spec['draft_min_side']}" if spec["draft_min_side"] else "none"
     return (
         f"dec={spec['decoder']};draft={draft};color={spec['color_policy']};proc={spec['processor']};"
-        f"resize={spec['resize_library']}:{spec['resample']}:antialias:{_size_text(spec['size'])};"
+        f"resize={spec['resize_library']}@{spec['processor_device']}:{spec['resample']}:antialias:"
+        f"{_size_text(spec['size'])};"
         f"crop={crop};rescale={rescale};norm={norm};adapter={ADAPTER_VERSION}"
     )
 
@@ -135,6 +136,7 @@ class ImageEmbedder:
         cache_dir: Path | None = None,
         local_files_only: bool = False,
         jpeg_draft: bool = True,
+        preprocess_on_device: bool | None = None,
     ):
         if instrument.family not in FAMILIES:
             raise InstrumentError(
@@ -160,6 +162,12 @@ class ImageEmbedder:
         # input side; the antialiased resize then sees ample pixels, at a fraction of the
         # decode cost of a full-size scan. The rule is part of the tag.
         spec["draft_min_side"] = 2 * _input_side(spec) if jpeg_draft else None
+        # On a GPU the processor runs batched on the device (decode workers only decode);
+        # on the CPU it runs per plate in the decode workers, overlapped with the model.
+        self.preprocess_on_device = (
+            self.device.type == "cuda" if preprocess_on_device is None else preprocess_on_device
+        )
+        spec["processor_device"] = str(self.device) if self.preprocess_on_device else "cpu"
         spec.update(decoder=decoder_tag(), color_policy=COLOR_POLICY)
         spec["color_policy_description"] = COLOR_POLICY_DESCRIPTION
         self.preprocess_spec = spec
@@ -196,7 +204,7 @@ class ImageEmbedder:
     def _probe_dim(self) -> int:
         side = _input_side(self.preprocess_spec)
         probe = PIL.Image.new("RGB", (side, side), (127, 127, 127))
-        dim = self.embed(self.prepare(probe).unsqueeze(0)).shape[1]
+        dim = self.embed(self.pixel_values([self.prepare(probe)])).shape[1]
         for source, declared in (("registry", self.instrument.expected_dim), ("pin", self.pin.output_dim)):
             if declared is not None and declared != dim:
                 raise InstrumentError(
@@ -207,7 +215,8 @@ class ImageEmbedder:
         return dim
 
     def load_plate(self, path: Path, sha256: str, *, max_pixels: int) -> torch.Tensor:
-        """Plate file -> model input tensor, by this instrument's declared decode policy."""
+        """Plate file -> prepared tensor (see :meth:`prepare`) by the declared decode policy.
+        Thread-safe; runs in the decode workers."""
         image = load_rgb(
             path,
             max_pixels=max_pixels,
@@ -217,8 +226,18 @@ class ImageEmbedder:
         return self.prepare(image)
 
     def prepare(self, image: PIL.Image.Image) -> torch.Tensor:
-        """RGB image -> model input tensor [3, H, W]. Thread-safe; runs in decode workers."""
+        """RGB image -> the model input [3, H, W] (processor on the CPU), or the uint8
+        pixels [3, H, W] when the processor runs on the device. Thread-safe."""
+        if self.preprocess_on_device:
+            return torch.from_numpy(np.array(image)).permute(2, 0, 1)
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def pixel_values(self, prepared: list[torch.Tensor]) -> torch.Tensor:
+        """A batch of :meth:`prepare` outputs -> model input [B, 3, H, W] on the device."""
+        if not self.preprocess_on_device:
+            return torch.stack(prepared).to(self.device, non_blocking=True)
+        on_device = [pixels.to(self.device, non_blocking=True) for pixels in prepared]
+        return self.processor(images=on_device, return_tensors="pt", device=self.device)["pixel_values"]
 
     @torch.inference_mode()
     def embed(self, pixel_values: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU check (device machine): real-size CLIP ViT-L/14 and DINOv2-L (random weights) through
+# the same single-run Dagster path in bf16, against the bare encoder on the same inputs.
+# Needs the wheels in .whl/ (dagster and its pure-Python needs) on a machine with torch.
+set -uo pipefail
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, huggingface_hub, dagster, PIL; print('torch', torch.__version__, 'transformers', transformers.__version__, 'hf_hub', huggingface_hub.__version__, 'dagster', dagster.__version__, 'PIL', PIL.__version__, 'cpus', __import__('os').cpu_count())"
+PLATES="${PLATES:-384}"
+for arch in ${ARCHS:-clip-l14 dinov2-l}; do
+  python3 bench/embed_throughput.py --arch "$arch" --plates "$PLATES" --device "${DEVICE:-cuda}" \
+    --dtype bfloat16 --batch-size "${BATCH:-128}" --workdir /tmp/awb-bench --out "$OUT/gpu-$arch.json" 2>&1 \
+    | grep -v "Warning\|warn(\|Writing model"
+done

@@ -258,7 +258,7 @@ def cmd_ui(args) -> int:
 
     paths = HomePaths(resolve_home(args.home))
     env = {**os.environ, "AWB_HOME": str(paths.root), "DAGSTER_HOME": str(prepare_dagster_home(paths))}
-    command = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port), "-h", args.host]
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port), "-h", args.host]
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']} AWB_HOME={paths.root}\n$ {' '.join(command)}")
     return subprocess.call(command, env=env, cwd=REPO_ROOT)
 

@@ -102,6 +102,10 @@ def cmd_pin(args) -> int:
     from awb_dagster.registry.model import Registry
     from awb_dagster.registry.pins import PinError, capture_pin
 
+    if args.status:
+        return _pin_status(args)
+    if args.retire:
+        return _pin_retire(args)
     paths = HomePaths(resolve_home(args.home))
     registry = Registry.load(lock_path=paths.lock)
     if args.all:
@@ -130,6 +134,46 @@ def cmd_pin(args) -> int:
     lock.save(paths.lock)
     _sync_if_instance(paths)
     return 1 if failed else 0
+
+
+def _pin_status(args) -> int:
+    """Report whether the hub moved past each model's active pin; changes nothing."""
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+    from awb_dagster.registry.pins import pin_statuses
+
+    paths = HomePaths(resolve_home(args.home))
+    pins = PinLock.load(paths.lock).active_pins()
+    if args.models:
+        registry = Registry.load(lock_path=paths.lock)
+        wanted = {registry.get(m).instrument.id for m in args.models}
+        pins = tuple(pin for pin in pins if pin.model_id in wanted)
+    statuses = pin_statuses(pins, endpoint=args.endpoint, token=os.environ.get("HF_TOKEN"))
+    rows = [{**s.to_row(), "pinned_sha": s.pin.sha[:10], "hub_head": (s.head or "")[:10]} for s in statuses]
+    print(_table(rows, ["model_id", "pin", "followed", "pinned_sha", "hub_head", "state"]))
+    for status in statuses:
+        if status.error is not None:
+            print(f"error: {status.error}", file=sys.stderr)
+        elif status.moved:
+            print(f"{status.pin.model_id}: the hub's {status.followed} is at {status.head}; "
+                  f"`awb pin {status.pin.model_id}` pins it (the old pin and its history stay)")
+    if not statuses:
+        print(f"no active pins in {paths.lock} (`awb pin MODEL`)")
+    return 1 if any(s.error is not None for s in statuses) else 0
+
+
+def _pin_retire(args) -> int:
+    """Mark pins retired: no further automation; partitions, sealed runs and lineage stay."""
+    from awb_dagster.registry.lock import PinLock
+
+    paths = HomePaths(resolve_home(args.home))
+    lock = PinLock.load(paths.lock)
+    for pin_key in args.retire:
+        pin = lock.retire_key(pin_key)
+        state = "was already retired" if pin.retired else "retired"
+        print(f"{pin_key} ({pin.model_id}) {state}: no further automation; its history stays readable")
+    lock.save(paths.lock)
+    return 0
 
 
 def _sync_if_instance(paths: HomePaths) -> None:
@@ -225,6 +269,30 @@ def format_lineage(info: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_runs_verify(args) -> int:
+    """Re-hash sealed runs (one, or all) against their manifests; non-zero exit on any problem."""
+    from awb_dagster.provenance.verify import verify_run
+
+    store = _home_resource(args).store()
+    manifests = [store.manifest(args.run_id)] if args.run_id else list(store.manifests())
+    bad = 0
+    for manifest in manifests:
+        problems = verify_run(manifest)
+        bad += bool(problems)
+        outputs = len(manifest.payload["outputs"])
+        print(f"{'ok' if not problems else 'FAILED'} {manifest.run_id} ({outputs} artifacts)")
+        for problem in problems:
+            print(f"  {problem.kind} {manifest.run_dir / problem.path}: {problem.detail}")
+    if not args.run_id:
+        for run_dir in store.unsealed_runs():
+            print(f"unsealed (interrupted, never read as complete, not verified): {run_dir}")
+    if not manifests:
+        print(f"no sealed runs under {store.runs_dir}")
+    if bad:
+        print(f"{bad} of {len(manifests)} sealed run(s) do not match their manifest", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def cmd_runs(args) -> int:
     store = _home_resource(args).store()
     rows = [
@@ -272,7 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="state folder (store, instance, lock, catalog); default $AWB_HOME or ./.awb",
     )
     parser = argparse.ArgumentParser(prog="awb", description=__doc__, parents=[common])
-    parser.set_defaults(home=None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     registry = sub.add_parser("registry", help="the instrument roster").add_subparsers(dest="action", required=True)
@@ -292,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every Hugging Face model of the registry")
     p.add_argument("--revision", help="pin this revision (sha, tag or branch) instead of the head")
     p.add_argument("--endpoint", help="hub endpoint (default $HF_ENDPOINT or huggingface.co)")
+    p.add_argument(
+        "--status", action="store_true", help="report whether the hub moved past each active pin; changes nothing"
+    )
+    p.add_argument(
+        "--retire", nargs="+", metavar="PIN_KEY", help="retire pins: no further automation, history stays"
+    )
     p.set_defaults(func=cmd_pin)
 
     plates = sub.add_parser("plates", help="the plate catalog").add_subparsers(dest="action", required=True)
@@ -316,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
 
-    sub.add_parser("runs", parents=[common], help="sealed and unsealed runs").set_defaults(func=cmd_runs)
+    p = sub.add_parser("runs", parents=[common], help="sealed and unsealed runs")
+    p.set_defaults(func=cmd_runs)
+    p = p.add_subparsers(dest="action").add_parser(
+        "verify", parents=[common], help="re-hash sealed artifacts against their manifests"
+    )
+    p.add_argument("run_id", nargs="?", help="one run (default: every sealed run)")
+    p.set_defaults(func=cmd_runs_verify)
 
     p = sub.add_parser("demo", parents=[common], help="the whole chain offline on tiny checkpoints")
     p.add_argument("--plates", help="plate folder (default: the sample plates shipped in the package)")
@@ -333,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     from awb_dagster.errors import user_errors
 
     args = build_parser().parse_args(argv)
+    # Not set_defaults(home=None): that would change the --home action every subcommand shares.
+    args.home = getattr(args, "home", None)
     with user_errors():
         return args.func(args)
 

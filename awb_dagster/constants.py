@@ -7,3 +7,6 @@ GPU_POOL = "gpu"
 PLATE_DIMENSION = "plate"
 PIN_DIMENSION = "pin"
 PLATES_PARTITIONS_NAME = "plates"
+PLATE_FILES_KEY = "plate_files"  # observable source: one partition per plate, data version = sha256
+GROUP_PINS = "pins"
+GROUP_ATLAS = "atlas"

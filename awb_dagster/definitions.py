@@ -2,7 +2,9 @@
 the environment so the same module serves `awb demo`, `awb ui` and `dagster dev`:
 ``AWB_HOME`` (state folder), ``AWB_DEVICE``/``AWB_DTYPE``/``AWB_BATCH_SIZE``/
 ``AWB_DECODE_WORKERS``/``AWB_JPEG_DRAFT`` (torch resource),
-``HF_ENDPOINT``/``HF_TOKEN``/``HF_HUB_OFFLINE`` (hub), ``AWB_LICENSE_OPT_IN`` (comma list)."""
+``HF_ENDPOINT``/``HF_TOKEN``/``HF_HUB_OFFLINE`` (hub), ``AWB_LICENSE_OPT_IN`` (comma list),
+``AWB_AUTOMATION_CRON`` (family re-materialization, default nightly) and
+``AWB_PIN_STATUS_CRON`` (hub drift check, default daily)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import os
 
 import dagster as dg
 
-from awb_dagster.assets import EMBEDDING_ASSETS, plate_and_pin_sensor, plate_catalog
+from awb_dagster.assets import EMBEDDING_ASSETS, plate_and_pin_sensor, plate_catalog, plate_files
+from awb_dagster.assets.atlas import ATLAS_ASSETS
+from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_sensor, with_embedding_automation
+from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
 from awb_dagster.paths import resolve_home
 from awb_dagster.runner import family_job_name
 from awb_dagster.resources import AwbHome, HubResource, InstrumentsResource, TorchResource
@@ -55,16 +60,27 @@ def build_resources(
     }
 
 
-def build_definitions(**resource_overrides) -> dg.Definitions:
+def build_definitions(
+    *, automation_cron: str | None = None, pin_status_cron: str | None = None, **resource_overrides
+) -> dg.Definitions:
+    resources = build_resources(**resource_overrides)
+    family_assets = with_embedding_automation(
+        EMBEDDING_ASSETS,
+        resources["home"].paths.lock,
+        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
+    )
     jobs = [
         dg.define_asset_job(family_job_name(asset.key.path[-1].removesuffix("_embeddings")), selection=[asset])
-        for asset in EMBEDDING_ASSETS
+        for asset in family_assets
     ]
     return dg.Definitions(
-        assets=[plate_catalog, *EMBEDDING_ASSETS],
+        assets=[plate_catalog, plate_files, pin_status, *family_assets, *ATLAS_ASSETS],
         jobs=jobs,
-        sensors=[plate_and_pin_sensor],
-        resources=build_resources(**resource_overrides),
+        schedules=[
+            pin_status_schedule(pin_status_cron or os.environ.get("AWB_PIN_STATUS_CRON", DEFAULT_PIN_STATUS_CRON))
+        ],
+        sensors=[plate_and_pin_sensor, automation_sensor],
+        resources=resources,
     )
 
 

@@ -79,3 +79,27 @@ def materialize_family(
         if on_run:
             on_run(run)
     return results
+
+
+ATLAS_ASSET_NAMES = ("atlas", "ensemble_disagreement", "topology_report")
+
+
+def materialize_atlas(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    config: dict[str, dict] | None = None,
+    *,
+    assets: Sequence[str] = ATLAS_ASSET_NAMES,
+    log_level: str = "INFO",
+) -> dg.ExecuteInProcessResult:
+    """Materialize ``atlas``, ``ensemble_disagreement`` and ``topology_report`` (or the named
+    ones of them) in one run; ``config`` maps an asset name to its config (``{"atlas": {"k": 3}}``)."""
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(name) for name in assets],
+        run_config={
+            "ops": {name: {"config": settings} for name, settings in (config or {}).items()},
+            "loggers": {"console": {"config": {"log_level": log_level}}},
+        },
+        raise_on_error=False,
+    )

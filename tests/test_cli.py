@@ -124,5 +124,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     for family in ("clip", "siglip", "dinov2"):
         assert f"\n{family} " in out
     assert "lineage of one embedding" in out and "(verified)" in out
+    assert "\natlas (" in out and "disagreement, headline" in out and "topology report (consensus" in out
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
-    assert len(manifests) == 3
+    kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
+    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report"])

@@ -13,7 +13,10 @@ FAMILIES = ("clip", "siglip", "dinov2")
 
 def test_asset_keys():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"plate_catalog", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings"}
+    assert keys == {
+        "plate_catalog", "plate_files", "pin_status", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings",
+        "atlas", "ensemble_disagreement", "topology_report",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -35,6 +38,28 @@ def test_family_asset_shape(family: str):
 def test_sensor_runs_by_default():
     sensor = defs.resolve_sensor_def("plate_and_pin_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_checks_are_blocking_and_automation_is_attached(family: str):
+    asset = defs.resolve_assets_def(f"{family}_embeddings")
+    specs = {spec.name: spec for spec in asset.check_specs}
+    assert set(specs) == {
+        "vectors_finite", "vector_dim_declared", "vector_l2_unit_norm", "record_ids_unique", "artifact_checksums",
+    }  # fmt: skip
+    assert all(spec.blocking for spec in specs.values())
+    condition = asset.automation_conditions_by_key[asset.key]
+    assert "cron" in condition.get_label() and "pin_not_retired" in str(condition.get_snapshot())
+    assert {dep.asset_key.to_user_string() for dep in asset.specs_by_key[asset.key].deps} >= {"plate_files"}
+
+
+def test_automation_sensor_and_pin_status_schedule_run_by_default():
+    sensor = defs.resolve_sensor_def("awb_automation_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.emit_backfills
+    schedule = defs.resolve_schedule_def("pin_status_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "0 6 * * *"
 
 
 def test_instance_yaml_sets_sqlite_and_gpu_pool(tmp_path):

@@ -100,6 +100,22 @@ def test_range_materializes_in_one_run_with_one_model_load(home: Home, family: s
         assert key in metadata, key
     assert metadata["dagster_run_id"].value == runs[0].dagster_run_id
     assert metadata["status"].value == "computed"
+    _assert_every_check_passed(home, family, runs[0].dagster_run_id)
+
+
+def _assert_every_check_passed(home: Home, family: str, run_id: str) -> None:
+    events = home.instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    evaluations = {e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data for e in events}
+    assert set(evaluations) == {
+        "vectors_finite", "vector_dim_declared", "vector_l2_unit_norm", "record_ids_unique", "artifact_checksums",
+    }  # fmt: skip
+    artifacts = {pair.artifact_path for pair in home.store.sealed_pairs(home.pins[family]).values()}
+    for name, evaluation in evaluations.items():
+        assert evaluation.passed, name
+        assert evaluation.partition is None  # one evaluation per range run, not per partition
+        checked = evaluation.metadata["checked"].value
+        assert checked == (len(artifacts) if name == "artifact_checksums" else len(home.plate_ids)), name
+        assert evaluation.metadata["failing"].value == 0
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip", "dinov2"])

@@ -2,7 +2,8 @@
 
 One Dagster step may cover many partitions (single-run backfills): weights load once per
 pin, plates stream through the model in batches with decoding overlapped, and each
-(plate, pin) partition gets its own provenance metadata.
+(plate, pin) partition gets its own provenance metadata. The output contract is checked on
+every record the step covers, computed or reused, by blocking asset checks.
 """
 
 
@@ -14,11 +15,12 @@ from typing import Any
 import dagster as dg
 import torch
 
-from awb_dagster.constants import GPU_POOL, GROUP_EMBEDDINGS, PIN_DIMENSION, PLATE_DIMENSION
+from awb_dagster.constants import GPU_POOL, GROUP_EMBEDDINGS, PIN_DIMENSION, PLATE_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.instruments.embedding import ADAPTER_VERSION, ImageEmbedder
 from awb_dagster.instruments.streaming import prefetch_batches
 from awb_dagster.partitions import plate_pin_partitions
 from awb_dagster.plates.catalog import Plate, PlateCatalog
+from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS, CheckOutcome, check_embedding_pairs
 from awb_dagster.provenance.records import embedding_table, record_id
 from awb_dagster.provenance.store import Artifact, OpenRun, RunStore, SealedPair
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
@@ -228,6 +230,8 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
         catalog = home.catalog()
         store = home.store()
         problems: list[str] = []
+        checked_pairs: list[SealedPair] = []
+        declared_dims: dict[str, int] = {}
         for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
             embedder = instruments.embedder(pin_key, family)
             sealed = {} if config.force else store.sealed_pairs(pin_key)
@@ -252,13 +256,20 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
                     continue
                 reused = pin_pass.run is None or pair.run_id != pin_pass.run.run_id
                 metadata_by_key[key] = _partition_metadata(embedder, pair, reused=reused, home=home.home)
+                checked_pairs.append(pair)
             add_partition_metadata(context, metadata_by_key)
+            declared_dims[pin_key] = _declared_dim(embedder)
         if problems:
             raise dg.Failure(
                 description=f"{len(problems)} plate(s) could not be embedded; the others are sealed "
                 "and a retry skips them:\n" + "\n".join(problems),
             )
-        return dg.MaterializeResult(metadata={"model_loads": instruments.loads})
+        outcomes = check_embedding_pairs(store, checked_pairs, declared_dims=declared_dims)
+        selected = {key.name for key in context.selected_asset_check_keys}
+        return dg.MaterializeResult(
+            metadata={"model_loads": instruments.loads},
+            check_results=[_check_result(outcome) for name, outcome in outcomes.items() if name in selected],
+        )
 
     with warnings.catch_warnings():
         # backfill_policy is marked beta in Dagster 1.13; single-run backfills are the point here.
@@ -272,8 +283,60 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
             group_name=GROUP_EMBEDDINGS,
             code_version=ADAPTER_VERSION,
             kinds={"pytorch", "parquet"},
-            deps=["plate_catalog"],
+            deps=["plate_catalog", PLATE_FILES_KEY],
+            # Dagster 1.13 evaluates these checks once per step, not per partition: a range run
+            # (single-run backfill) records one evaluation per check with no partition, and
+            # AssetCheckResult cannot name one (a partitioned AssetCheckSpec is a preview and
+            # still gets no partition in a range run). So each result covers every partition of
+            # the step and its metadata names the failing records and files.
+            check_specs=[
+                # Blocking: each guards what downstream assets (the atlas) read from the artifacts.
+                dg.AssetCheckSpec(name, asset=f"{family}_embeddings", description=description, blocking=True)
+                for name, description in CHECK_DESCRIPTIONS.items()
+            ],
         )(_embeddings)
+
+
+def _declared_dim(embedder: ImageEmbedder) -> int:
+    declared = embedder.instrument.expected_dim
+    if declared is None:  # the admission gate requires it for vector outputs
+        raise dg.Failure(
+            f"{embedder.instrument.id}: roster.toml declares no expected_dim, so the dim check has "
+            "nothing to check against; declare it"
+        )
+    return declared
+
+
+_MAX_FAILURE_ROWS = 100  # rows in a check's metadata table; `failing` counts all
+
+
+def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    """One asset check result over this step's partitions; the description names the first ten
+    failing records (or files), the metadata table the first hundred, ``failing`` counts all."""
+    failures = outcome.failures
+    rows = [
+        dg.TableRecord(
+            {"artifact": f.artifact, "record_id": f.record_id, "plate_id": f.plate_id, "detail": f.detail}
+        )
+        for f in failures[:_MAX_FAILURE_ROWS]
+    ]
+    named = sorted({f.record_id or f.artifact for f in failures})
+    listed = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        description=f"{len(failures)} of {outcome.checked} failing: {listed}" if failures else None,
+        metadata={
+            "checked": outcome.checked,
+            "failing": len(failures),
+            "failures": dg.MetadataValue.table(
+                rows,
+                schema=dg.TableSchema.from_name_type_dict(
+                    {"artifact": "string", "record_id": "string", "plate_id": "string", "detail": "string"}
+                ),
+            ),
+        },
+    )
 
 
 def _plan(

@@ -1,12 +1,16 @@
-"""The plate catalog asset and the sensor that keeps plate and pin partitions in sync."""
+"""The plate catalog asset, the plate files source and the sensor that keeps plate and pin
+partitions (and the plate files' data versions) in sync."""
 
 
+import hashlib
+import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
 
-from awb_dagster.constants import GROUP_PLATES, PLATES_PARTITIONS_NAME
-from awb_dagster.partitions import pins_partitions
+from awb_dagster.constants import GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
+from awb_dagster.partitions import pins_partitions, plates_partitions
 from awb_dagster.plates.catalog import PlateCatalog, ScanResult
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
@@ -85,14 +89,46 @@ def plate_catalog(context: dg.AssetExecutionContext, home: AwbHome) -> dg.Materi
     )
 
 
+def _observe_plate_files(home: AwbHome) -> dg.DataVersionsByPartition:
+    versions = {plate.plate_id: dg.DataVersion(plate.sha256) for plate in home.catalog().plates.values()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # the way to version partitions of a source
+        return dg.DataVersionsByPartition(versions)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # observable source assets are beta in 1.13
+    plate_files = dg.observable_source_asset(
+        name=PLATE_FILES_KEY,
+        partitions_def=plates_partitions,
+        group_name=GROUP_PLATES,
+        description="The bytes of each registered plate, as the catalog last hashed them: one "
+        "partition per plate, data version = sha256. Family assets depend on it plate-wise, so a "
+        "plate whose bytes changed shows its embeddings stale and automation re-embeds it.",
+    )(_observe_plate_files)
+
+observe_plate_files_job = dg.define_asset_job(
+    "observe_plate_files",
+    selection=dg.AssetSelection.keys(PLATE_FILES_KEY),
+    description="Records each plate's sha256 as the data version of its plate_files partition.",
+)
+
+
+def catalog_digest(catalog: PlateCatalog) -> str:
+    """One sha256 over every (plate id, plate sha256): changes whenever any plate's bytes do."""
+    pairs = sorted((plate.plate_id, plate.sha256) for plate in catalog.plates.values())
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
 @dg.sensor(
     description="Rescans the registered plate folders and the pin lock; registers new plate and "
-    "pin partitions.",
+    "pin partitions, and observes plate_files when any plate was added or changed.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    job=observe_plate_files_job,
 )
 def plate_and_pin_sensor(context: dg.SensorEvaluationContext, home: AwbHome) -> dg.SensorResult:
-    _, result = scan_plates(home)
+    catalog, result = scan_plates(home)
     requests = [
         dg.AddDynamicPartitionsRequest(name, keys)
         for name, keys in wanted_partition_keys(home).items()
@@ -101,4 +137,9 @@ def plate_and_pin_sensor(context: dg.SensorEvaluationContext, home: AwbHome) -> 
     message = result.summary()
     if result.rejected:
         message += "; rejected: " + "; ".join(f"{r.path}: {r.reason}" for r in result.rejected)
-    return dg.SensorResult(dynamic_partitions_requests=requests, skip_reason=dg.SkipReason(message))
+    digest = catalog_digest(catalog)
+    if digest == context.cursor:
+        return dg.SensorResult(dynamic_partitions_requests=requests, skip_reason=dg.SkipReason(message))
+    context.log.info(f"{message}; the catalog changed: observing {PLATE_FILES_KEY}")
+    # No run key: a plate changed back to earlier bytes must be observed again.
+    return dg.SensorResult(run_requests=[dg.RunRequest()], dynamic_partitions_requests=requests, cursor=digest)

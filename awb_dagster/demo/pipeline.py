@@ -91,9 +91,44 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
                 )
         _say("")
         _say(_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
+        if not _atlas_summary(defs, instance, len(plate_ids)):
+            return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
         _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
         _say(format_lineage(lineage(home_resource.store(), pair.record_ids[0])))
         _say(f"\nopen the UI on this home: awb ui --home {paths.root}")
     return 0
+
+
+def _atlas_summary(defs, instance, plates: int) -> bool:
+    """Materialize the atlas, the disagreement and the topology report; print a few lines of each."""
+    import dagster as dg
+
+    from awb_dagster.runner import materialize_atlas
+
+    k = max(1, min(10, plates // 2))  # the default k=10 would link every sample plate to every other
+    started = time.perf_counter()
+    result = materialize_atlas(defs, instance, {"atlas": {"k": k}})
+    if not result.success:
+        _say(f"FAILED: atlas assets; see the Dagster run {result.run_id}")
+        return False
+
+    def metadata(asset: str) -> dict:
+        return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+
+    atlas, disagreement, topology = (metadata(a) for a in ("atlas", "ensemble_disagreement", "topology_report"))
+    graphs = [row.data for row in atlas["graphs"].value.records]
+    _say(f"\natlas ({time.perf_counter() - started:.1f} s, run {atlas['run_id'].value}):")
+    _say(f"  {len(graphs)} pins x plate scope, k={k}, exact kNN (recall 1.0), PCA maps: {atlas['run_dir'].value}/map-*.png")
+    _say(
+        f"disagreement, headline {disagreement['headline_pair'].value}: mean kNN Jaccard "
+        f"{disagreement['headline_mean_jaccard'].value} (chance {disagreement['headline_chance_jaccard'].value}), "
+        f"linear CKA {disagreement['headline_linear_cka'].value}"
+    )
+    _say(f"topology report ({topology['method'].value}, threshold {topology['threshold'].value}):")
+    for row in topology["verdicts"].value.records:
+        v = row.data
+        _say(f"  {v['position']}. {v['pin']}: change {v['mean_change']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] -> {v['verdict']}")
+    _say(f"  report: {topology['report_file'].value}")
+    return True

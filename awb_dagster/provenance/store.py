@@ -37,6 +37,7 @@ _TRACKED_LIBRARIES = (
     "numpy",
     "pyarrow",
     "polars",
+    "matplotlib",
 )
 
 

@@ -185,6 +185,24 @@ class PinLock:
             dataclasses.replace(p, retired=True) if p.sha == sha else p for p in pins
         ]
 
+    def retire_key(self, pin_key: str) -> Pin:
+        """Retire the pin whose partition key is ``pin_key``; returns it as it was before.
+
+        A retired pin gets no further automation; its partitions, sealed runs and lineage stay.
+        """
+        pin = self.find_key(pin_key)
+        if pin is None:
+            known = ", ".join(p.key for p in self.all_pins()) or "none"
+            raise LockError(f"no pin with key {pin_key!r} in the lock; pass one of: {known}")
+        self.retire(pin.model_id, pin.sha)
+        return pin
+
+    def automated_keys(self) -> frozenset[str]:
+        """Partition keys of the pins automation keeps materialized: every key whose newest pin
+        is not retired (a superseded pin stays automated until it is retired)."""
+        newest = {pin.key: pin for pin in self.all_pins()}
+        return frozenset(key for key, pin in newest.items() if not pin.retired)
+
     def pins_for(self, model_id: str) -> tuple[Pin, ...]:
         """All pins of ``model_id``, oldest first, retired ones included."""
         return tuple(self._pins.get(model_id, ()))
@@ -192,6 +210,10 @@ class PinLock:
     def active(self, model_id: str) -> Pin | None:
         """The newest pin of ``model_id`` that is not retired."""
         return active_pin(self.pins_for(model_id))
+
+    def active_pins(self) -> tuple[Pin, ...]:
+        """The active pin of every model that has one."""
+        return tuple(pin for pin in map(self.active, self.model_ids()) if pin is not None)
 
     def model_ids(self) -> tuple[str, ...]:
         """Every model id with at least one pin."""

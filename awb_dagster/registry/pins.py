@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -123,18 +124,82 @@ def capture_pin(
     )
 
 
+def followed_revision(pin: Pin) -> str:
+    """The branch or tag whose head a pin is compared with; a pin requested by commit sha follows ``main``."""
+    requested = pin.revision_requested
+    return DEFAULT_REVISION if _COMMIT_SHA.fullmatch(requested) else requested
+
+
+def hub_head(pin: Pin, *, endpoint: str | None = None, token: str | None = None) -> str:
+    """The commit sha the hub's :func:`followed_revision` of ``pin`` points at now."""
+    hub = (endpoint or pin.endpoint).rstrip("/")
+    followed = followed_revision(pin)
+    with _hub_errors(pin.model_id, hub, followed, token):
+        return _require_sha(_model_info(pin.model_id, hub, token, followed), pin.model_id, hub)
+
+
 def head_moved(pin: Pin, *, endpoint: str | None = None, token: str | None = None) -> str | None:
     """The hub's current head sha if it differs from ``pin.sha``, else ``None``.
 
     The head is that of the branch or tag the pin was captured from; a pin requested by commit
     sha follows ``main``.
     """
-    hub = (endpoint or pin.endpoint).rstrip("/")
-    requested = pin.revision_requested
-    followed = DEFAULT_REVISION if _COMMIT_SHA.fullmatch(requested) else requested
-    with _hub_errors(pin.model_id, hub, followed, token):
-        head = _require_sha(_model_info(pin.model_id, hub, token, followed), pin.model_id, hub)
+    head = hub_head(pin, endpoint=endpoint, token=token)
     return None if head == pin.sha else head
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    """Whether the hub moved past one pin. ``head`` is None when the hub could not tell."""
+
+    pin: Pin
+    followed: str
+    head: str | None
+    error: str | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.head is not None and self.head != self.pin.sha
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "moved" if self.moved else "up to date"
+
+    def to_row(self) -> dict[str, str]:
+        """A flat row for tables (CLI, UI metadata)."""
+        return {
+            "model_id": self.pin.model_id,
+            "pin": self.pin.key,
+            "pinned_sha": self.pin.sha,
+            "followed": self.followed,
+            "hub_head": self.head or "",
+            "state": self.state,
+            "error": self.error or "",
+        }
+
+
+def pin_statuses(
+    pins: Iterable[Pin], *, endpoint: str | None = None, token: str | None = None
+) -> list[PinStatus]:
+    """Ask the hub for the head of each pin's followed revision; never changes a pin.
+
+    Pins of non-hub weights (a 64-hex sha256 of the weight file) have no head and are skipped.
+    A hub failure for one model is recorded in its status (naming the model and what to do),
+    so one gated or deleted model does not hide the others.
+    """
+    statuses = []
+    for pin in pins:
+        if not _COMMIT_SHA.fullmatch(pin.sha):
+            continue
+        try:
+            head: str | None = hub_head(pin, endpoint=endpoint, token=token)
+            error = None
+        except PinError as exc:
+            head, error = None, str(exc)
+        statuses.append(PinStatus(pin=pin, followed=followed_revision(pin), head=head, error=error))
+    return statuses
 
 
 def _model_info(model_id: str, hub: str, token: str | None, revision: str | None) -> ModelInfo:

@@ -1,0 +1,111 @@
+"""When the family assets re-materialize on their own: on a cron tick, every (plate, pin)
+partition that is missing (a new pin, a new plate, a failed run) or whose plate bytes changed,
+for every pin that is not retired.
+
+The pieces, and why:
+
+- ``cron_tick_passed(cron)``: true only on the first evaluation after a tick, so requests go
+  out on schedule (default nightly) and not whenever something changes during the day. A
+  partition still missing after that (its run failed) is requested again at the next tick.
+- ``missing()``: a new pin key (``awb pin``) or plate key (the plate sensor) brings partitions
+  that were never materialized; old pins' partitions are materialized and stay untouched.
+- ``any_deps_updated().allow(plate_files).since_last_handled()``: ``plate_files`` is an
+  observable source partitioned by plate whose data version is the plate's sha256, and Dagster
+  counts an observation as an update only when that version changed. ``since_last_handled``
+  remembers a change seen during the day until the partition is requested or materialized.
+  A plate's first observation counts as a change too: a partition materialized before its
+  plate was first observed is requested once more and reuses its sealed records.
+  ``plate_catalog`` is left out on purpose: it is unpartitioned, so any rescan would mark every
+  partition of every pin as updated.
+- ``PinNotRetired``: retirement lives in the pin lock, which Dagster cannot see, so this
+  custom condition reads the lock at each evaluation. Custom conditions run only in an
+  automation sensor evaluated in the code server (``use_user_code_server=True``).
+- ``~in_progress()``: never request a partition a run or backfill is already working on.
+
+``emit_backfills=True`` on the sensor turns one tick's requests into a backfill that honours
+the family's single-run backfill policy: one run (one model load) per contiguous plate range
+of a pin.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from awb_dagster.constants import PIN_DIMENSION, PLATE_FILES_KEY
+from awb_dagster.registry.lock import PinLock
+
+DEFAULT_AUTOMATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
+AUTOMATION_SENSOR_NAME = "awb_automation_sensor"
+
+
+@dataclass(frozen=True)
+class PinNotRetired(dg.AutomationCondition):
+    """True for the partitions whose ``pin`` key belongs to a pin of the lock that is not retired."""
+
+    lock_path: str
+
+    @property
+    def name(self) -> str:
+        return "pin_not_retired"
+
+    @property
+    def description(self) -> str:
+        return f"The partition's pin is in {self.lock_path} and not retired"
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty:
+            return dg.AutomationResult(context, candidates)
+        automated = PinLock.load(self.lock_path).automated_keys()
+        partitions_def = candidates.partitions_def
+        keep = {
+            key
+            for key in candidates.expensively_compute_partition_keys()
+            if partitions_def.get_partition_key_from_str(key).keys_by_dimension[PIN_DIMENSION] in automated
+        }
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keep))
+
+
+def embedding_automation_condition(lock_path: Path | str, cron: str) -> dg.AutomationCondition:
+    """The family assets' condition (see the module docstring)."""
+    plate_changed = (
+        dg.AutomationCondition.any_deps_updated()
+        .allow(dg.AssetSelection.keys(PLATE_FILES_KEY))
+        .since_last_handled()
+        .with_label("plate_bytes_changed")
+    )
+    return (
+        dg.AutomationCondition.cron_tick_passed(cron)
+        & PinNotRetired(str(lock_path))
+        & (dg.AutomationCondition.missing() | plate_changed)
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"missing_or_plate_changed_on_cron({cron})")
+
+
+def with_embedding_automation(
+    assets: tuple[dg.AssetsDefinition, ...], lock_path: Path | str, cron: str
+) -> list[dg.AssetsDefinition]:
+    """``assets`` with :func:`embedding_automation_condition` attached."""
+    condition = embedding_automation_condition(lock_path, cron)
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), assets)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta in 1.13
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR_NAME,
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,  # `awb ui` automates with nothing to toggle
+        emit_backfills=True,
+        use_user_code_server=True,  # PinNotRetired is Python: it must run where the code is
+        description="Evaluates the automation conditions of this code location (the family assets "
+        "re-materialize missing or changed (plate, pin) partitions on their cron).",
+    )

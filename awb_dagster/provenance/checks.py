@@ -1,0 +1,155 @@
+"""The embedding output contract, checked on sealed records (seed section 8).
+
+Pure functions over sealed pairs: the family assets turn the outcomes into Dagster asset
+check results. Each outcome names every failing record or file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from awb_dagster.provenance.store import RunStore, SealedPair
+from awb_dagster.provenance.verify import verify_artifacts
+
+UNIT_NORM_TOLERANCE = 1e-3  # float32 rows normalized in float32 land within ~1e-6 of 1
+
+VECTORS_FINITE = "vectors_finite"
+VECTOR_DIM_DECLARED = "vector_dim_declared"
+VECTOR_L2_UNIT_NORM = "vector_l2_unit_norm"
+RECORD_IDS_UNIQUE = "record_ids_unique"
+ARTIFACT_CHECKSUMS = "artifact_checksums"
+
+CHECK_DESCRIPTIONS = {
+    VECTORS_FINITE: "Every value of `vector` and `vector_l2` is finite (no NaN or inf).",
+    VECTOR_DIM_DECLARED: "`vector_dim` and the length of `vector` and `vector_l2` equal the dim the "
+    "registry declares for the model.",
+    VECTOR_L2_UNIT_NORM: f"Every `vector_l2` has L2 norm 1 within {UNIT_NORM_TOLERANCE}.",
+    RECORD_IDS_UNIQUE: "Every record id of the materialized partitions appears exactly once in its "
+    "artifact, and no artifact repeats a record id.",
+    ARTIFACT_CHECKSUMS: "Every artifact behind the materialized partitions still has the sha256 its "
+    "run manifest lists.",
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failing record (or, for the checksum check, one file)."""
+
+    artifact: str  # <run_id>/<relpath>
+    detail: str
+    record_id: str = ""
+    plate_id: str = ""
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one contract check over a set of sealed pairs."""
+
+    name: str
+    checked: int = 0  # records, or files for the checksum check
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _rows(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list column as one float array per row (a null row is an empty array)."""
+    array = column.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(array).to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def check_embedding_pairs(
+    store: RunStore,
+    pairs: Sequence[SealedPair],
+    *,
+    declared_dims: Mapping[str, int],
+    tolerance: float = UNIT_NORM_TOLERANCE,
+) -> dict[str, CheckOutcome]:
+    """Run every embedding contract check over the records of ``pairs``; outcomes by check name.
+
+    ``declared_dims`` maps each pin key to the vector dim the registry declares for its model.
+    """
+    outcomes = {name: CheckOutcome(name) for name in CHECK_DESCRIPTIONS}
+    by_artifact: dict[tuple[str, str], list[SealedPair]] = defaultdict(list)
+    for pair in pairs:
+        by_artifact[(pair.run_id, pair.artifact)].append(pair)
+
+    by_run: dict[str, list[str]] = defaultdict(list)
+    for run_id, relpath in by_artifact:
+        by_run[run_id].append(relpath)
+    for run_id, relpaths in by_run.items():
+        checksums = outcomes[ARTIFACT_CHECKSUMS]
+        checksums.checked += len(relpaths)
+        checksums.failures.extend(
+            Failure(artifact=f"{p.run_id}/{p.path}", detail=f"{p.kind}: {p.detail}")
+            for p in verify_artifacts(store.manifest(run_id), relpaths)
+        )
+
+    for (run_id, relpath), artifact_pairs in by_artifact.items():
+        declared_dim = declared_dims[artifact_pairs[0].pin_key]  # a sealed run embeds one pin
+        _check_artifact(outcomes, f"{run_id}/{relpath}", artifact_pairs, declared_dim, tolerance)
+    return outcomes
+
+
+def _check_artifact(
+    outcomes: dict[str, CheckOutcome],
+    name: str,
+    pairs: list[SealedPair],
+    declared_dim: int,
+    tolerance: float,
+) -> None:
+    plate_of = {record: pair.plate_id for pair in pairs for record in pair.record_ids}
+    record_checks = (VECTORS_FINITE, VECTOR_DIM_DECLARED, VECTOR_L2_UNIT_NORM, RECORD_IDS_UNIQUE)
+    for check_name in record_checks:
+        outcomes[check_name].checked += len(plate_of)
+
+    def fail(check_name: str, record: str, detail: str) -> None:
+        outcomes[check_name].failures.append(Failure(name, detail, record, plate_of.get(record, "")))
+
+    try:
+        table = pq.read_table(pairs[0].artifact_path, columns=["record_id", "vector_dim", "vector", "vector_l2"])
+    except (OSError, pa.ArrowException) as exc:  # missing, unreadable or not Parquet any more
+        for record in plate_of:
+            for check_name in record_checks:
+                fail(check_name, record, f"artifact cannot be read ({type(exc).__name__}: {exc})")
+        return
+
+    ids = table.column("record_id").to_pylist()
+    counts = Counter(ids)
+    for record, count in sorted(counts.items(), key=lambda item: str(item[0])):
+        if count > 1:
+            fail(RECORD_IDS_UNIQUE, str(record), f"appears {count} times in the artifact")
+    for record in plate_of:
+        if record not in counts:
+            fail(RECORD_IDS_UNIQUE, record, "listed in the manifest but not in the artifact")
+
+    dims = table.column("vector_dim").to_pylist()
+    vectors, unit = _rows(table.column("vector")), _rows(table.column("vector_l2"))
+    for row, record in enumerate(ids):
+        if record not in plate_of:
+            continue
+        raw, normalized = vectors[row], unit[row]
+        if not (np.isfinite(raw).all() and np.isfinite(normalized).all()):
+            bad = int((~np.isfinite(raw)).sum() + (~np.isfinite(normalized)).sum())
+            fail(VECTORS_FINITE, record, f"{bad} non-finite value(s)")
+        if not dims[row] == len(raw) == len(normalized) == declared_dim:
+            fail(
+                VECTOR_DIM_DECLARED,
+                record,
+                f"vector_dim {dims[row]}, len(vector) {len(raw)}, len(vector_l2) {len(normalized)}; "
+                f"declared {declared_dim}",
+            )
+        norm = float(np.linalg.norm(normalized))
+        if not abs(norm - 1.0) <= tolerance:
+            fail(VECTOR_L2_UNIT_NORM, record, f"|vector_l2| = {norm:.6g}")

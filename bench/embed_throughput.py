@@ -157,8 +157,10 @@ def main() -> int:
         plates = list(catalog.plates.values())
         draft = embedder.preprocess_spec["draft_min_side"]
 
+        on_cuda = embedder.device.type == "cuda"
+
         def sync() -> None:
-            if embedder.device.type == "cuda":
+            if on_cuda:
                 torch.cuda.synchronize()
 
         # Decoded inputs for the bare loop: the same files, the same decode policy.

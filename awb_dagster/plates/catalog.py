@@ -12,13 +12,13 @@ import json
 import os
 import re
 import stat
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from awb_dagster.atomic import write_json_atomic
 from awb_dagster.plates.imaging import (
     PlateError,
     exif_orientation,
@@ -220,8 +220,8 @@ class PlateCatalog:
             "plates": [plate.to_json() for plate in self.plates.values()],
             "files": {name: asdict(stamp) for name, stamp in sorted(self._files.items())},
         }
-        _write_json_atomically(self.path, catalog)
-        _write_json_atomically(self.rejections_path, [r.to_json() for r in self.rejections])
+        write_json_atomic(self.path, catalog)
+        write_json_atomic(self.rejections_path, [r.to_json() for r in self.rejections])
 
     def get(self, plate_id: str) -> Plate:
         """The plate with ``plate_id``; KeyError says how to register plates."""
@@ -430,24 +430,3 @@ def _list_image_files(roots: list[Path], recursive: bool) -> tuple[list[str], li
                 if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
             )
     return sorted(found), sorted(unreadable, key=lambda r: r.path)
-
-
-def _write_json_atomically(path: Path, data: Any) -> None:
-    """Write ``data`` as sorted, indented JSON via a temporary file, fsync and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

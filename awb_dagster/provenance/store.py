@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import stat
 import uuid
@@ -22,6 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from awb_dagster.atomic import write_json_atomic
 
 MANIFEST_NAME = "run.manifest.json"
 MANIFEST_VERSION = 1
@@ -65,16 +66,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _make_read_only(path: Path) -> None:
@@ -229,7 +220,7 @@ class OpenRun:
         for artifact in self.outputs:
             _make_read_only(self.run_dir / artifact.path)
         manifest_path = self.run_dir / MANIFEST_NAME
-        _write_json_atomic(manifest_path, payload)
+        write_json_atomic(manifest_path, payload)
         _make_read_only(manifest_path)
         self.sealed = True
         return Manifest(self.run_dir, payload)

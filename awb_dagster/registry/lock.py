@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from awb_dagster.atomic import write_json_atomic
 
 LOCK_VERSION = 1
 _SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -148,25 +148,8 @@ class PinLock:
         }
 
     def save(self, path: Path | str) -> None:
-        """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_json(), sort_keys=True, indent=2) + "\n"
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        """Write atomically (see :func:`awb_dagster.atomic.write_json_atomic`)."""
+        write_json_atomic(path, self.to_json())
 
     def add(self, pin: Pin) -> bool:
         """Append ``pin``; returns False (and changes nothing) if its sha is already active."""

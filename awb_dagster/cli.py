@@ -254,10 +254,17 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def _record_shape(info: dict) -> str:
+    mask = info.get("mask")
+    if mask:
+        return f"mask area {mask['area']}, bbox XYWH {mask['bbox']}"
+    return f"{info['vector_dim']}-d"
+
+
 def format_lineage(info: dict) -> str:
     plate, model, artifact = info["plate"], info["model"], info["artifact"]
     lines = [
-        f"record      {info['record_id']} ({info['scope']}, {info['vector_dim']}-d)",
+        f"record      {info['record_id']} ({info['scope']}, {_record_shape(info)})",
         f"plate       {plate['plate_id']}  {plate['path']}",
         f"plate sha   {plate['sha256']}",
         f"model       {model['model_id']} @ {model['sha']}  (pin {model['pin_key']}, license {model['license']})",

@@ -1,8 +1,10 @@
 """Names defined once: groups, pools, tags, families."""
 
 EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2")
+SEGMENTATION_FAMILIES = ("sam",)
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
+GROUP_SEGMENTATION = "segmentation"
 GPU_POOL = "gpu"
 PLATE_DIMENSION = "plate"
 PIN_DIMENSION = "pin"

@@ -14,10 +14,12 @@ import dagster as dg
 
 from awb_dagster.assets import EMBEDDING_ASSETS, plate_and_pin_sensor, plate_catalog, plate_files
 from awb_dagster.assets.atlas import ATLAS_ASSETS
+from awb_dagster.assets.drift import pin_drift_report
 from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_sensor, with_embedding_automation
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
+from awb_dagster.assets.segmentation import sam_masks
 from awb_dagster.paths import resolve_home
-from awb_dagster.runner import family_job_name
+from awb_dagster.runner import SAM_MASKS_JOB, family_job_name
 from awb_dagster.resources import AwbHome, HubResource, InstrumentsResource, TorchResource
 
 
@@ -73,8 +75,15 @@ def build_definitions(
         dg.define_asset_job(family_job_name(asset.key.path[-1].removesuffix("_embeddings")), selection=[asset])
         for asset in family_assets
     ]
+    # Segmentation: the same automation condition as the embedding families, and its own job.
+    segmentation_assets = with_embedding_automation(
+        (sam_masks,),
+        resources["home"].paths.lock,
+        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
+    )
+    jobs += [dg.define_asset_job(SAM_MASKS_JOB, selection=segmentation_assets)]
     return dg.Definitions(
-        assets=[plate_catalog, plate_files, pin_status, *family_assets, *ATLAS_ASSETS],
+        assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *ATLAS_ASSETS, pin_drift_report],
         jobs=jobs,
         schedules=[
             pin_status_schedule(pin_status_cron or os.environ.get("AWB_PIN_STATUS_CRON", DEFAULT_PIN_STATUS_CRON))

@@ -1,4 +1,5 @@
-"""Partitions, defined once: plates are shared by every family, pins are per family."""
+"""Partitions, defined once: plates are shared by every family, pins are per family
+(embedding families and SAM alike: ``<family>_pins``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from awb_dagster.constants import (
     PIN_DIMENSION,
     PLATE_DIMENSION,
     PLATES_PARTITIONS_NAME,
+    SEGMENTATION_FAMILIES,
 )
 
 plates_partitions = dg.DynamicPartitionsDefinition(name=PLATES_PARTITIONS_NAME)
@@ -20,7 +22,7 @@ def pins_partitions_name(family: str) -> str:
 
 pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
     family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
-    for family in EMBEDDING_FAMILIES
+    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES)
 }
 
 

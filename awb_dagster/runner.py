@@ -11,6 +11,9 @@ import dagster as dg
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
 
 
+SAM_MASKS_JOB = "sam_masks_job"
+
+
 def family_job_name(family: str) -> str:
     return f"{family}_embeddings_job"
 
@@ -55,11 +58,46 @@ def materialize_family(
     on_run: Callable[[RangeRun], None] | None = None,
 ) -> list[RangeRun]:
     """Run ``<family>_embeddings`` for one pin over ``plate_ids`` (default: all plates)."""
+    return materialize_pin_ranges(
+        defs, instance, family_job_name(family), f"{family}_embeddings", {"force": force}, pin_key, plate_ids,
+        log_level=log_level, on_run=on_run,
+    )  # fmt: skip
+
+
+def materialize_masks(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    pin_key: str,
+    plate_ids: Sequence[str] | None = None,
+    *,
+    config: dict | None = None,
+    log_level: str = "INFO",
+) -> list[RangeRun]:
+    """Run ``sam_masks`` for one SAM pin over ``plate_ids`` (default: all plates); ``config`` is
+    the asset's run config (generator settings, ``force``)."""
+    return materialize_pin_ranges(
+        defs, instance, SAM_MASKS_JOB, "sam_masks", config or {}, pin_key, plate_ids, log_level=log_level
+    )
+
+
+def materialize_pin_ranges(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    op_name: str,
+    op_config: dict,
+    pin_key: str,
+    plate_ids: Sequence[str] | None = None,
+    *,
+    log_level: str = "INFO",
+    on_run: Callable[[RangeRun], None] | None = None,
+) -> list[RangeRun]:
+    """Run the plate × pin asset behind ``job_name`` for one pin, one run per contiguous plate range."""
     ordered = instance.get_dynamic_partitions(PLATES_PARTITIONS_NAME)
     unknown = sorted(set(plate_ids or ()) - set(ordered))
     if unknown:
         raise ValueError(f"not registered plates: {', '.join(unknown)} (register with `awb plates add DIR`)")
-    job = defs.resolve_job_def(family_job_name(family))
+    job = defs.resolve_job_def(job_name)
     results = []
     for plates in contiguous_ranges(ordered, plate_ids or ordered):
         result = job.execute_in_process(
@@ -69,7 +107,7 @@ def materialize_family(
                 "dagster/asset_partition_range_end": _multi_key(pin_key, plates[-1]),
             },
             run_config={
-                "ops": {f"{family}_embeddings": {"config": {"force": force}}},
+                "ops": {op_name: {"config": op_config}},
                 "loggers": {"console": {"config": {"log_level": log_level}}},
             },
             raise_on_error=False,

@@ -28,7 +28,6 @@ from awb_dagster.atlas.topology import (
     verdict,
 )
 from awb_dagster.definitions import build_definitions
-from awb_dagster.demo.checkpoints import DEMO_REPOS
 from awb_dagster.instance import open_instance
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
@@ -212,7 +211,7 @@ def atlas_home(loopback_hub, tmp_path_factory) -> AtlasHome:
     registry = Registry.load(lock_path=paths.lock)
     lock = PinLock.load(paths.lock)
     pins = {}
-    for repo_id in DEMO_REPOS:
+    for repo_id in FAMILY_OF:
         pin = capture_pin(registry.get(repo_id).instrument, endpoint=loopback_hub.endpoint)
         lock.add(pin)
         pins[FAMILY_OF[repo_id]] = pin.key

@@ -47,13 +47,14 @@ def test_registry_show_dead_alias_says_what_to_use(capsys, tmp_path, alias, hint
 def test_registry_list_json_and_check(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "registry", "list", "--json", "--home", str(tmp_path))
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 51
+    assert code == 0 and len(rows) == 52
     assert set(rows[0]) == {"id", "family", "role", "status", "license", "pin"}
     assert {r["status"] for r in rows} == {"ideas"}  # nothing is pinned in a fresh home
     code, out, _ = run_cli(capsys, "registry", "check", "--home", str(tmp_path))
     assert code == 0
     assert "facebook/dinov2-large: ideas (missing: pin)" in out
     assert "torchvision/resnet50: ideas (missing: pin, sealed_runs)" in out
+    assert "facebook/sam-vit-base: ideas (missing: pin)" in out  # the SAM adapter runs sealed
 
 
 def test_registry_appendix_has_a_card_per_instrument(capsys, tmp_path):
@@ -125,6 +126,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         assert f"\n{family} " in out
     assert "lineage of one embedding" in out and "(verified)" in out
     assert "\natlas (" in out and "disagreement, headline" in out and "topology report (consensus" in out
+    assert "\nsam masks demo-tiny-sam@" in out and " masks, coverage " in out
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
-    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report"])
+    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report", "sam-masks"])

@@ -15,7 +15,7 @@ def test_asset_keys():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {
         "plate_catalog", "plate_files", "pin_status", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings",
-        "atlas", "ensemble_disagreement", "topology_report",
+        "atlas", "ensemble_disagreement", "topology_report", "sam_masks", "pin_drift_report",
     }  # fmt: skip
 
 
@@ -70,3 +70,15 @@ def test_instance_yaml_sets_sqlite_and_gpu_pool(tmp_path):
     assert type(instance.run_storage).__name__ == "SqliteRunStorage"
     assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
     assert str(tmp_path / "dagster") in instance.root_directory
+
+
+def test_sam_masks_shape():
+    asset = defs.resolve_assets_def("sam_masks")
+    dims = {d.name: d.partitions_def for d in asset.partitions_def.partitions_defs}
+    assert dims[PLATE_DIMENSION].name == "plates" and dims[PIN_DIMENSION].name == "sam_pins"
+    assert asset.backfill_policy == dg.BackfillPolicy.single_run()
+    assert asset.op.pool == GPU_POOL
+    assert {spec.name for spec in asset.check_specs} == {"masks_decode_to_plate_size"}
+    assert all(spec.blocking for spec in asset.check_specs)
+    assert "pin_not_retired" in str(asset.automation_conditions_by_key[asset.key].get_snapshot())
+    assert defs.resolve_job_def("sam_masks_job")

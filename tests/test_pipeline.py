@@ -14,7 +14,6 @@ import pytest
 
 from awb_dagster.assets.plates import scan_plates, sync_partitions
 from awb_dagster.definitions import build_definitions
-from awb_dagster.demo.checkpoints import DEMO_REPOS
 from awb_dagster.instance import open_instance
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
@@ -58,7 +57,7 @@ def home(loopback_hub, tmp_path_factory) -> Home:
     registry = Registry.load(lock_path=paths.lock)
     lock = PinLock.load(paths.lock)
     pins = {}
-    for repo_id in DEMO_REPOS:
+    for repo_id in FAMILY_OF:
         pin = capture_pin(registry.get(repo_id).instrument, endpoint=loopback_hub.endpoint)
         lock.add(pin)
         pins[FAMILY_OF[repo_id]] = pin.key

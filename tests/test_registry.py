@@ -81,6 +81,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-clip": ("clip", 32, 32),
     "awb-demo/tiny-siglip": ("siglip", 48, 32),
     "awb-demo/tiny-dinov2": ("dinov2", 40, 28),
+    "awb-demo/tiny-sam": ("sam", None, 64),
 }
 
 
@@ -194,7 +195,7 @@ def test_roster_holds_tesseract_convnets_and_demo(registry: Registry) -> None:
         "torchvision": set(EXPECTED_TORCHVISION),
         "demo": set(EXPECTED_DEMO),
     }
-    assert len(registry.entries) == 41 + 1 + 6 + 3
+    assert len(registry.entries) == 41 + 1 + 6 + 4
 
 
 @pytest.mark.skipif(not SEED.exists(), reason=f"seed not found at {SEED}")
@@ -232,7 +233,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2"))
+    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam"))
     if inst.output_kind == "vector":
         assert inst.expected_dim
 
@@ -330,11 +331,11 @@ def test_not_admitted_error_names_every_missing_field(registry: Registry) -> Non
 def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
     tmp_path: Path, registry: Registry
 ) -> None:
-    pinned_registry = pinned(tmp_path, make_pin(registry, "sam-vit-huge"))
-    entry = pinned_registry.get("sam-vit-huge")
+    pinned_registry = pinned(tmp_path, make_pin(registry, "sam-hq-vit-huge"))
+    entry = pinned_registry.get("sam-hq-vit-huge")
     assert entry.status == "ideas" and entry.missing == ("sealed_runs",)
-    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'sam'"):
-        pinned_registry.require_admitted("sam-vit-huge")
+    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'sam-hq'"):
+        pinned_registry.require_admitted("sam-hq-vit-huge")
 
 
 def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from awb_dagster.atlas.drift import PinDrift
 from awb_dagster.atlas.topology import CHANGES, TopologyStep
 from awb_dagster.plates.imaging import PlateError, load_rgb
 
@@ -148,5 +149,24 @@ def topology_png(steps: Sequence[TopologyStep], *, threshold: float, title: str,
     ax.set_ylabel("mean change of the consensus graph")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _png(figure, dpi)
+
+
+def drift_png(drifts: list[PinDrift], *, dpi: int = 110) -> bytes:
+    """Per pin pair: the per-plate cosines, sorted, lowest (the plates that moved most) first."""
+    figure = Figure(figsize=(6.4, 2.2 + 1.6 * len(drifts)))
+    axes = np.atleast_1d(figure.subplots(len(drifts), 1, squeeze=False)).ravel()
+    for ax, drift in zip(axes, drifts):
+        order = np.argsort(drift.cosines, kind="stable")
+        ax.bar(range(len(order)), drift.cosines[order], color=_CHANGES_COLOR, width=1.0)
+        mean = float(drift.cosines.mean())
+        ax.axhline(mean, color=_STOP_COLOR, linestyle="--", label=f"mean {mean:.4f}")
+        low = min(float(drift.cosines.min()), 0.9)
+        ax.set_ylim(low - 0.02 * (1 - low), 1.0 + 0.02 * (1 - low))
+        ax.set_title(f"{drift.model_id}: {drift.label}", fontsize=8)
+        ax.set_xlabel("plates, sorted by cosine")
+        ax.set_ylabel("cosine between pins")
+        ax.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return _png(figure, dpi)

@@ -1,7 +1,7 @@
 """Tiny checkpoints of the real transformers architectures, for tests and the offline demo.
 
-Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2) with tiny dimensions and
-seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
+Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2, SAM) with tiny dimensions
+and seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
 ``model.safetensors`` and the real image processor's ``preprocessor_config.json``. The same seed
 gives the same bytes, so a repo published from them gets the same commit sha every time.
 """
@@ -16,18 +16,20 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
     "awb-demo/tiny-siglip": "siglip",
     "awb-demo/tiny-dinov2": "dinov2",
+    "awb-demo/tiny-sam": "sam",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
     "clip": "zero-shot-image-classification",
     "siglip": "zero-shot-image-classification",
     "dinov2": "image-feature-extraction",
+    "sam": "mask-generation",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -93,10 +95,36 @@ def _tiny_dinov2() -> tuple[object, object]:
     return Dinov2Model(config), processor
 
 
+def _tiny_sam() -> tuple[object, object]:
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    # The vision neck's output_channels must equal the prompt encoder's and mask decoder's hidden size.
+    # SAM initializes its vision tower near zero (initializer_range 1e-10); 0.02 gives random-weight
+    # masks with some structure, so the generator's filters have something to keep or reject.
+    config = SamConfig(
+        vision_config={
+            "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 64, "patch_size": 16, "window_size": 2, "global_attn_indexes": [1],
+            "mlp_dim": 64, "num_pos_feats": 8, "initializer_range": 0.02,
+        },
+        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={
+            "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "iou_head_hidden_dim": 16,
+        },
+    )  # fmt: skip
+    # Same recipe as facebook/sam-vit-*: longest side resized, padded square, ImageNet statistics.
+    image_processor = SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}
+    )
+    return SamModel(config), SamProcessor(image_processor=image_processor)
+
+
 _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "clip": _tiny_clip,
     "siglip": _tiny_siglip,
     "dinov2": _tiny_dinov2,
+    "sam": _tiny_sam,
 }
 
 

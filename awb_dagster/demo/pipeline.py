@@ -39,7 +39,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
 
     hub = LoopbackHub(paths.hub)
     if set(DEMO_REPOS) - set(hub.repo_ids()):
-        _say("building tiny CLIP / SigLIP / DINOv2 checkpoints (random weights: outputs carry no meaning)")
+        _say("building tiny CLIP / SigLIP / DINOv2 / SAM checkpoints (random weights: outputs carry no meaning)")
         publish_demo_repos(hub)
     with hub:
         endpoint = hub.start()
@@ -93,6 +93,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         _say(_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
         if not _atlas_summary(defs, instance, len(plate_ids)):
             return 1
+        if not _sam_summary(defs, instance, registry):
+            return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
         _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
@@ -131,4 +133,41 @@ def _atlas_summary(defs, instance, plates: int) -> bool:
         v = row.data
         _say(f"  {v['position']}. {v['pin']}: change {v['mean_change']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] -> {v['verdict']}")
     _say(f"  report: {topology['report_file'].value}")
+    return True
+
+
+# Random weights predict low IoU for every mask, so segment-anything's default filters keep none;
+# the demo relaxes them (and uses a small grid) so that masks appear. Real pins keep the defaults.
+DEMO_SAM_CONFIG = {
+    "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "max_working_side": 256,
+}  # fmt: skip
+
+
+def _sam_summary(defs, instance, registry) -> bool:
+    """Materialize ``sam_masks`` for each demo SAM pin; print mask counts per plate."""
+    import dagster as dg
+
+    from awb_dagster.runner import materialize_masks
+
+    for entry in registry.family("sam"):
+        if not entry.instrument.demo or entry.active_pin is None:
+            continue
+        pin_key = entry.active_pin.key
+        started = time.perf_counter()
+        runs = materialize_masks(defs, instance, pin_key, config=DEMO_SAM_CONFIG)
+        if not all(run.success for run in runs):
+            _say(f"FAILED: sam_masks {pin_key}; see the Dagster run {runs[-1].dagster_run_id}")
+            return False
+        _say(f"\nsam masks {pin_key} ({time.perf_counter() - started:.1f} s, relaxed filters: {DEMO_SAM_CONFIG}):")
+        records = instance.fetch_materializations(dg.AssetKey("sam_masks"), limit=1000).records
+        latest = {}
+        for record in records:  # newest first
+            materialization = record.asset_materialization
+            latest.setdefault(materialization.partition, materialization.metadata)
+        for _, metadata in sorted(latest.items()):
+            if metadata["pin"].value == pin_key:
+                _say(
+                    f"  {metadata['plate_id'].value}: {metadata['mask_count'].value} masks, "
+                    f"coverage {metadata['coverage'].value:.2f}, preview {metadata['preview'].value}"
+                )
     return True

@@ -153,3 +153,51 @@ def _check_artifact(
         norm = float(np.linalg.norm(normalized))
         if not abs(norm - 1.0) <= tolerance:
             fail(VECTOR_L2_UNIT_NORM, record, f"|vector_l2| = {norm:.6g}")
+
+
+MASKS_DECODE_TO_PLATE_SIZE = "masks_decode_to_plate_size"
+
+MASK_CHECK_DESCRIPTIONS = {
+    MASKS_DECODE_TO_PLATE_SIZE: "Every mask record's COCO RLE decodes with pycocotools to the plate's "
+    "height × width, its decoded bytes hash to `mask_sha256`, and the artifact lists exactly the "
+    "record ids its manifest names.",
+}
+
+
+def check_mask_pairs(
+    pairs: Sequence[SealedPair], plate_sizes: Mapping[str, tuple[int, int]]
+) -> dict[str, CheckOutcome]:
+    """Decode every mask of ``pairs``; ``plate_sizes`` maps plate sha256 -> (height, width)."""
+    from pycocotools import mask as mask_utils
+
+    from awb_dagster.instruments.sam import mask_sha256
+
+    outcome = CheckOutcome(MASKS_DECODE_TO_PLATE_SIZE)
+    for pair in pairs:
+        name = f"{pair.run_id}/{pair.artifact}"
+        outcome.checked += len(pair.record_ids)
+
+        def fail(record: str, detail: str, pair: SealedPair = pair, name: str = name) -> None:
+            outcome.failures.append(Failure(name, detail, record, pair.plate_id))
+
+        try:
+            table = pq.read_table(pair.artifact_path, columns=["record_id", "rle_counts", "rle_size", "mask_sha256"])
+        except (OSError, pa.ArrowException) as exc:
+            for record in pair.record_ids:
+                fail(record, f"artifact cannot be read ({type(exc).__name__}: {exc})")
+            continue
+        expected = plate_sizes.get(pair.plate_sha256)
+        rows = table.to_pylist()
+        if Counter(r["record_id"] for r in rows) != Counter(pair.record_ids):
+            fail("", f"record ids differ: {len(rows)} in the artifact, {len(pair.record_ids)} in the manifest")
+        for row in rows:
+            try:
+                mask = mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"].encode("ascii")})
+            except Exception as exc:  # pycocotools raises bare Exceptions and TypeErrors on bad input
+                fail(row["record_id"], f"RLE does not decode ({type(exc).__name__}: {exc})")
+                continue
+            if expected is None or mask.shape != expected:
+                fail(row["record_id"], f"decodes to {mask.shape}, the plate is {expected} (height, width)")
+            elif mask_sha256(mask) != row["mask_sha256"]:
+                fail(row["record_id"], "decoded mask does not hash to mask_sha256")
+    return {outcome.name: outcome}

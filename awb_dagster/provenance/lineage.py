@@ -28,9 +28,11 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
     actual_sha = sha256_file(pair.artifact_path) if pair.artifact_path.is_file() else None
     return {
         "record_id": record_id,
-        "scope": record.get("scope"),
+        # Mask records (sam_masks) carry no scope column: each is one segment of its plate.
+        "scope": record.get("scope", "segment" if "mask_sha256" in record else None),
         "region_ref": record.get("region_ref"),
         "vector_dim": record.get("vector_dim"),
+        "mask": {k: record[k] for k in ("mask_sha256", "bbox", "area")} if "mask_sha256" in record else None,
         "plate": {
             "plate_id": pair.plate_id,
             "sha256": pair.plate_sha256,

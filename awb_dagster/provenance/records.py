@@ -65,3 +65,40 @@ def embedding_table(rows: list[dict], vectors: np.ndarray) -> pa.Table:
     flat_l2 = pa.array(l2_normalize(vectors).reshape(-1), type=pa.float32())
     columns["vector_l2"] = pa.FixedSizeListArray.from_arrays(flat_l2, dim)
     return pa.table(columns, schema=schema)
+
+
+def mask_schema() -> pa.Schema:
+    """Schema of a mask artifact: one row per mask (field meanings: ``awb_dagster.instruments.sam``)."""
+    return pa.schema(
+        [
+            ("record_id", pa.string()),
+            ("plate_id", pa.string()),
+            ("plate_sha256", pa.string()),
+            ("model_id", pa.string()),
+            ("model_sha", pa.string()),
+            ("pin_key", pa.string()),
+            ("preprocess_tag", pa.string()),
+            ("run_id", pa.string()),
+            ("mask_index", pa.int32()),
+            ("rle_counts", pa.string()),  # COCO RLE, pycocotools' compressed counts as ASCII
+            ("rle_size", pa.list_(pa.int32(), 2)),  # [height, width] of the plate
+            ("mask_sha256", pa.string()),
+            ("bbox", pa.list_(pa.int32(), 4)),  # XYWH, plate pixels
+            ("area", pa.int64()),
+            ("centroid", pa.list_(pa.float64(), 2)),  # (x, y), plate pixels
+            ("area_fraction", pa.float64()),
+            ("bbox_area_fraction", pa.float64()),
+            ("bbox_fill", pa.float64()),
+            ("predicted_iou", pa.float32()),
+            ("stability_score", pa.float32()),
+            ("point_coords", pa.list_(pa.float64(), 2)),  # (x, y), plate pixels
+            ("crop_box", pa.list_(pa.int32(), 4)),  # XYWH, plate pixels
+            ("fragmentation", pa.int32()),  # 8-connected components
+        ]
+    )
+
+
+def mask_table(rows: list[dict]) -> pa.Table:
+    """Build a mask artifact table (possibly empty: a plate where no mask passed the filters)."""
+    schema = mask_schema()
+    return pa.Table.from_pylist(rows, schema=schema)

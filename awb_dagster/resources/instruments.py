@@ -8,7 +8,9 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
-from awb_dagster.registry.lock import PinLock
+from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
+from awb_dagster.registry.lock import Pin, PinLock
+from awb_dagster.registry.model import Instrument
 from awb_dagster.resources.home import AwbHome
 from awb_dagster.resources.hub import HubResource
 
@@ -45,26 +47,19 @@ class InstrumentsResource(dg.ConfigurableResource):
     )
 
     _loaded: dict[str, ImageEmbedder] = PrivateAttr(default_factory=dict)
+    _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
+        self._generators = {}
 
     def embedder(self, pin_key: str, family: str) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates."""
         if pin_key in self._loaded:
             return self._loaded[pin_key]
-        registry = self.home.registry()
-        pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
-        if pin is None:
-            raise dg.Failure(
-                f"pin {pin_key} is not in the lock file {self.home.paths.lock}; "
-                "pin the model first (`awb pin MODEL`)"
-            )
-        entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
-        if entry.instrument.family != family:
-            raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {family}")
+        instrument, pin = self._admitted(pin_key, family)
         embedder = ImageEmbedder(
-            entry.instrument,
+            instrument,
             pin,
             device=self.torch.device,
             dtype=self.torch.dtype,
@@ -75,7 +70,36 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._loaded[pin_key] = embedder
         return embedder
 
+    def mask_generator(self, pin_key: str, settings: GeneratorSettings) -> MaskGenerator:
+        """The loaded SAM mask generator for ``pin_key`` with ``settings``, after the gates."""
+        key = (pin_key, settings)
+        if key not in self._generators:
+            instrument, pin = self._admitted(pin_key, "sam")
+            self._generators[key] = MaskGenerator(
+                instrument,
+                pin,
+                settings,
+                device=self.torch.device,
+                dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache,
+                local_files_only=self.hub.offline,
+            )
+        return self._generators[key]
+
+    def _admitted(self, pin_key: str, family: str) -> tuple[Instrument, Pin]:
+        registry = self.home.registry()
+        pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
+        if pin is None:
+            raise dg.Failure(
+                f"pin {pin_key} is not in the lock file {self.home.paths.lock}; "
+                "pin the model first (`awb pin MODEL`)"
+            )
+        entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
+        if entry.instrument.family != family:
+            raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {family}")
+        return entry.instrument, pin
+
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        return len(self._loaded)
+        return len(self._loaded) + len(self._generators)

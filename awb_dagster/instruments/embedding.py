@@ -17,6 +17,7 @@ import PIL
 import torch
 
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
+from awb_dagster.instruments import pin_provenance
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -248,16 +249,8 @@ class ImageEmbedder:
 
     def describe(self) -> dict[str, Any]:
         """The instrument as the run manifest records it."""
-        pin = self.pin
         return {
-            "model_id": self.instrument.id,
-            "instrument_key": self.instrument.key,
-            "family": self.instrument.family,
-            "pin_key": pin.key,
-            "sha": pin.sha,
-            "pin": pin.to_json(),
-            "license": self.instrument.license,  # as the registry declares it, never assumed
-            "license_captured": pin.license,  # what the hub said when the pin was taken
+            **pin_provenance(self.instrument, self.pin),
             "output_kind": "vector",
             "output_dim": self.dim,
             "output_dtype": "float32",
@@ -267,6 +260,4 @@ class ImageEmbedder:
             "dtype": str(self.dtype).removeprefix("torch."),
             "preprocess_tag": self.preprocess_tag,
             "preprocess": self.preprocess_spec,
-            "failure_modes": list(self.instrument.failure_modes),
-            "demo": self.instrument.demo,
         }

@@ -44,6 +44,7 @@ from awb_dagster.plates.imaging import (
     load_rgb,
     open_checked,
 )
+from awb_dagster.instruments import pin_provenance
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -429,16 +430,8 @@ class MaskGenerator:
 
     def describe(self) -> dict[str, Any]:
         """The instrument as the run manifest records it, generator settings included."""
-        pin = self.pin
         return {
-            "model_id": self.instrument.id,
-            "instrument_key": self.instrument.key,
-            "family": self.instrument.family,
-            "pin_key": pin.key,
-            "sha": pin.sha,
-            "pin": pin.to_json(),
-            "license": self.instrument.license,
-            "license_captured": pin.license,
+            **pin_provenance(self.instrument, self.pin),
             "output_kind": "masks",
             "output_dtype": "bool",
             "model_class": "SamModel",
@@ -447,8 +440,6 @@ class MaskGenerator:
             "preprocess_tag": self.preprocess_tag,
             "preprocess": self.preprocess_spec,
             "generator": asdict(self.settings),
-            "failure_modes": list(self.instrument.failure_modes),
-            "demo": self.instrument.demo,
         }
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from awb_dagster.constants import EMBEDDING_FAMILIES, SEGMENTATION_FAMILIES
 from awb_dagster.paths import REPO_ROOT, HomePaths, resolve_home
 
 
@@ -222,7 +223,7 @@ def cmd_run(args) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
-    from awb_dagster.runner import materialize_family
+    from awb_dagster.runner import materialize_family, materialize_masks
 
     paths = HomePaths(resolve_home(args.home))
     os.environ["AWB_HOME"] = str(paths.root)
@@ -237,7 +238,11 @@ def cmd_run(args) -> int:
     defs = build_definitions(home=str(paths.root), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     ok = True
     for pin_key in chosen:
-        for run in materialize_family(defs, instance, args.family, pin_key, plates, force=args.force):
+        if args.family == "sam":
+            runs = materialize_masks(defs, instance, pin_key, plates, config={"force": args.force})
+        else:
+            runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
+        for run in runs:
             ok &= run.success
             print(f"{'ok' if run.success else 'FAILED'} {pin_key}: {len(run.plate_ids)} plates, dagster run {run.dagster_run_id}")
     return 0 if ok else 1
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     plates.add_parser("list", parents=[common]).set_defaults(func=cmd_plates_list)
 
     p = sub.add_parser("run", parents=[common], help="materialize one family for real pins through Dagster")
-    p.add_argument("--family", required=True, choices=["clip", "siglip", "dinov2"])
+    p.add_argument("--family", required=True, choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES])
     p.add_argument("--pin", help="pin key (default: the newest pin of the family)")
     p.add_argument("--plates", nargs="+", help="'all' (default) or plate ids")
     p.add_argument("--force", action="store_true", help="recompute pairs already sealed")

@@ -130,3 +130,18 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report", "sam-masks"])
+
+
+def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):
+    home = str(tmp_path / "home")
+    code, out, err = run_cli(capsys, "pin", "awb-demo/tiny-sam", "--endpoint", loopback_hub.endpoint, "--home", home)
+    assert code == 0, err
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    (plates / "pelican.jpg").write_bytes((SAMPLE_PLATES_DIR / "audubon_p421_brown-pelican.jpg").read_bytes())
+    assert run_cli(capsys, "plates", "add", str(plates), "--home", home)[0] == 0
+    code, out, err = run_cli(capsys, "run", "--family", "sam", "--home", home)
+    assert code == 0, err
+    assert "ok demo-tiny-sam@" in out and "1 plates" in out
+    code, out, _ = run_cli(capsys, "runs", "--home", home)
+    assert "sam" in out

@@ -2,6 +2,12 @@
 # GPU check (device machine): real-size CLIP ViT-L/14 and DINOv2-L (random weights) through
 # the same single-run Dagster path in bf16, against the bare encoder on the same inputs.
 # Needs the wheels in .whl/ (dagster and its pure-Python needs) on a machine with torch.
+# Preparing .whl/ (dev machine, once; .whl/ is listed in .git/info/exclude and carried):
+#   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any -d /tmp/w \
+#     dagster==$(pip show dagster | sed -n 's/^Version: //p') transformers==5.24.0 huggingface_hub==2.4.0
+#   then copy into .whl/ only what the device image lacks (its package list is in the device
+#   tool's KINDS.md): dagster*, pydantic*, sqlalchemy, alembic, mako, structlog, toposort, ...
 set -uo pipefail
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"

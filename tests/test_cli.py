@@ -131,6 +131,20 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report", "sam-masks"])
 
+    # A second demo on the same home reuses its hub, pins and sealed records.
+    again = subprocess.run(
+        [sys.executable, "-m", "awb_dagster.cli", "demo", "--home", str(tmp_path / "home")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    lock = json.loads((tmp_path / "home" / "pins.lock.json").read_text())
+    assert {model: len(pins) for model, pins in lock["pins"].items()} == {
+        "awb-demo/tiny-clip": 1, "awb-demo/tiny-siglip": 1, "awb-demo/tiny-dinov2": 1, "awb-demo/tiny-sam": 1,
+    }  # fmt: skip
+    manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
+    embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
+    assert len(embedding_runs) == 3
+
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):
     home = str(tmp_path / "home")

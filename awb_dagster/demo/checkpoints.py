@@ -9,7 +9,7 @@ gives the same bytes, so a repo published from them gets the same commit sha eve
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -143,8 +143,11 @@ def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
         return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
 
 
-def publish_demo_repos(hub: LoopbackHub, seed: int = 0) -> dict[str, str]:
-    """Commit every demo repo to ``hub``; return repo id -> commit sha."""
+def publish_demo_repos(
+    hub: LoopbackHub, seed: int = 0, *, only: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Commit the demo repos (every one, or those in ``only``) to ``hub``; return repo id -> sha."""
+    wanted = set(DEMO_REPOS if only is None else only)
     return {
         repo_id: hub.add_commit(
             repo_id,
@@ -154,4 +157,5 @@ def publish_demo_repos(hub: LoopbackHub, seed: int = 0) -> dict[str, str]:
             library_name="transformers",
         )
         for repo_id, kind in DEMO_REPOS.items()
+        if repo_id in wanted
     }

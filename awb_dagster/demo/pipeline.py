@@ -38,9 +38,11 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     _say(f"awb demo: home {paths.root}")
 
     hub = LoopbackHub(paths.hub)
-    if set(DEMO_REPOS) - set(hub.repo_ids()):
-        _say("building tiny CLIP / SigLIP / DINOv2 / SAM checkpoints (random weights: outputs carry no meaning)")
-        publish_demo_repos(hub)
+    # Publish only repos this home's hub lacks: re-publishing would move heads and add pins.
+    missing = sorted(set(DEMO_REPOS) - set(hub.repo_ids()))
+    if missing:
+        _say(f"building tiny checkpoints {', '.join(missing)} (random weights: outputs carry no meaning)")
+        publish_demo_repos(hub, only=missing)
     with hub:
         endpoint = hub.start()
         set_hub_endpoint(endpoint)

@@ -47,6 +47,7 @@ from awb_dagster.atlas.report import disagreement_markdown, markdown_table, topo
 from awb_dagster.atlas.spaces import Source, Space, check_scope, load_space, read_space, verified_path
 from awb_dagster.atlas.topology import METHODS, TopologyStep, evaluate_order, first_stop
 from awb_dagster.constants import GROUP_ATLAS
+from awb_dagster.instruments import pin_provenance
 from awb_dagster.plates.catalog import PlateCatalog
 from awb_dagster.provenance.store import Manifest, OpenRun, RunStore
 from awb_dagster.registry.lock import Pin
@@ -123,19 +124,7 @@ def atlas_pins(registry: Registry, names: Sequence[str]) -> list[tuple[RegistryE
 
 
 def _describe_pin(entry: RegistryEntry, pin: Pin, preprocess_tag: str) -> dict[str, Any]:
-    instrument = entry.instrument
-    return {
-        "model_id": instrument.id,
-        "instrument_key": instrument.key,
-        "family": instrument.family,
-        "pin_key": pin.key,
-        "sha": pin.sha,
-        "license": instrument.license,
-        "license_captured": pin.license,
-        "preprocess_tag": preprocess_tag,
-        "failure_modes": list(instrument.failure_modes),
-        "demo": instrument.demo,
-    }
+    return {**pin_provenance(entry.instrument, pin), "preprocess_tag": preprocess_tag}
 
 
 # --- the atlas -----------------------------------------------------------------------------

@@ -23,3 +23,9 @@ def pin_provenance(instrument: Instrument, pin: Pin) -> dict[str, Any]:
         "failure_modes": list(instrument.failure_modes),
         "demo": instrument.demo,
     }
+
+
+def require_pin_of(instrument: Instrument, pin: Pin, error: type[Exception]) -> None:
+    """Refuse to load ``instrument`` with a pin taken for another model."""
+    if pin.model_id != instrument.id:
+        raise error(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")

@@ -17,7 +17,7 @@ import PIL
 import torch
 
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
-from awb_dagster.instruments import pin_provenance
+from awb_dagster.instruments import pin_provenance, require_pin_of
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -144,8 +144,7 @@ class ImageEmbedder:
                 f"{instrument.id}: family {instrument.family!r} has no embedding adapter "
                 f"(adapters: {', '.join(sorted(FAMILIES))})"
             )
-        if pin.model_id != instrument.id:
-            raise InstrumentError(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")
+        require_pin_of(instrument, pin, InstrumentError)
         self.instrument = instrument
         self.pin = pin
         self.family = FAMILIES[instrument.family]

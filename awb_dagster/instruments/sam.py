@@ -44,7 +44,7 @@ from awb_dagster.plates.imaging import (
     load_rgb,
     open_checked,
 )
-from awb_dagster.instruments import pin_provenance
+from awb_dagster.instruments import pin_provenance, require_pin_of
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -211,8 +211,7 @@ class MaskGenerator:
     ):
         if instrument.family != "sam":
             raise InstrumentError(f"{instrument.id}: family {instrument.family!r} is not run by the SAM adapter")
-        if pin.model_id != instrument.id:
-            raise InstrumentError(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")
+        require_pin_of(instrument, pin, InstrumentError)
         if settings.min_mask_region_area > 0 and importlib.util.find_spec("cv2") is None:
             raise InstrumentError(
                 "min_mask_region_area > 0 uses segment-anything's remove_small_regions, which needs "

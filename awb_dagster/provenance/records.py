@@ -22,19 +22,25 @@ def record_id(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+# Every record of every contract starts with these (DESIGN.md section 4).
+RECORD_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("record_id", pa.string()),
+    ("plate_id", pa.string()),
+    ("plate_sha256", pa.string()),
+    ("model_id", pa.string()),
+    ("model_sha", pa.string()),
+    ("pin_key", pa.string()),
+    ("preprocess_tag", pa.string()),
+    ("run_id", pa.string()),
+]
+
+
 def embedding_schema(dim: int) -> pa.Schema:
     """Schema of an embedding artifact: one row per (plate or region, pin)."""
     vector = pa.list_(pa.float32(), dim)
     return pa.schema(
         [
-            ("record_id", pa.string()),
-            ("plate_id", pa.string()),
-            ("plate_sha256", pa.string()),
-            ("model_id", pa.string()),
-            ("model_sha", pa.string()),
-            ("pin_key", pa.string()),
-            ("preprocess_tag", pa.string()),
-            ("run_id", pa.string()),
+            *RECORD_FIELDS,
             ("scope", pa.string()),
             ("region_ref", pa.string()),
             ("vector_dim", pa.int32()),
@@ -71,14 +77,7 @@ def mask_schema() -> pa.Schema:
     """Schema of a mask artifact: one row per mask (field meanings: ``awb_dagster.instruments.sam``)."""
     return pa.schema(
         [
-            ("record_id", pa.string()),
-            ("plate_id", pa.string()),
-            ("plate_sha256", pa.string()),
-            ("model_id", pa.string()),
-            ("model_sha", pa.string()),
-            ("pin_key", pa.string()),
-            ("preprocess_tag", pa.string()),
-            ("run_id", pa.string()),
+            *RECORD_FIELDS,
             ("mask_index", pa.int32()),
             ("rle_counts", pa.string()),  # COCO RLE, pycocotools' compressed counts as ASCII
             ("rle_size", pa.list_(pa.int32(), 2)),  # [height, width] of the plate

@@ -278,6 +278,12 @@ def format_lineage(info: dict) -> str:
         f"artifact    {artifact['path']}",
         f"sha256      {artifact['sha256']}  ({'verified' if artifact['verified'] else 'MISMATCH'})",
     ]
+    if info.get("scope") == "tile":
+        lines.insert(1, f"tile        {info['region_ref']} (XYWH, plate pixels)")
+    region = info.get("region")
+    if region:
+        lines.append("region      the mask this segment was cut from:")
+        lines.extend("  " + line for line in format_lineage(region).splitlines())
     return "\n".join(lines)
 
 

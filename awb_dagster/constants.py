@@ -12,3 +12,4 @@ PLATES_PARTITIONS_NAME = "plates"
 PLATE_FILES_KEY = "plate_files"  # observable source: one partition per plate, data version = sha256
 GROUP_PINS = "pins"
 GROUP_ATLAS = "atlas"
+GROUP_REGIONS = "regions"

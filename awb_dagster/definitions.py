@@ -19,7 +19,8 @@ from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_se
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
 from awb_dagster.assets.segmentation import sam_masks
 from awb_dagster.paths import resolve_home
-from awb_dagster.runner import SAM_MASKS_JOB, family_job_name
+from awb_dagster.assets.regions import segment_embeddings, tile_embeddings
+from awb_dagster.runner import SAM_MASKS_JOB, SEGMENT_EMBEDDINGS_JOB, TILE_EMBEDDINGS_JOB, family_job_name
 from awb_dagster.resources import AwbHome, HubResource, InstrumentsResource, TorchResource
 
 
@@ -82,8 +83,15 @@ def build_definitions(
         automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
     )
     jobs += [dg.define_asset_job(SAM_MASKS_JOB, selection=segmentation_assets)]
+    # Region embeddings: backfilled per (embedding pin, SAM pin) or per embedding pin, no automation
+    # (their pin dimension pairs pins, which the family automation condition does not read).
+    region_assets = [segment_embeddings, tile_embeddings]
+    jobs += [
+        dg.define_asset_job(SEGMENT_EMBEDDINGS_JOB, selection=[segment_embeddings]),
+        dg.define_asset_job(TILE_EMBEDDINGS_JOB, selection=[tile_embeddings]),
+    ]
     return dg.Definitions(
-        assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *ATLAS_ASSETS, pin_drift_report],
+        assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *region_assets, *ATLAS_ASSETS, pin_drift_report],
         jobs=jobs,
         schedules=[
             pin_status_schedule(pin_status_cron or os.environ.get("AWB_PIN_STATUS_CRON", DEFAULT_PIN_STATUS_CRON))

@@ -12,6 +12,8 @@ from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITI
 
 
 SAM_MASKS_JOB = "sam_masks_job"
+SEGMENT_EMBEDDINGS_JOB = "segment_embeddings_job"
+TILE_EMBEDDINGS_JOB = "tile_embeddings_job"
 
 
 def family_job_name(family: str) -> str:
@@ -78,6 +80,26 @@ def materialize_masks(
     return materialize_pin_ranges(
         defs, instance, SAM_MASKS_JOB, "sam_masks", config or {}, pin_key, plate_ids, log_level=log_level
     )
+
+
+def materialize_regions(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    scope: str,
+    key: str,
+    plate_ids: Sequence[str] | None = None,
+    *,
+    config: dict | None = None,
+    log_level: str = "INFO",
+) -> list[RangeRun]:
+    """Run ``segment_embeddings`` (``key`` = ``<embedding pin>~<sam pin>``) or ``tile_embeddings``
+    (``key`` = an embedding pin) over ``plate_ids`` (default: all plates); ``config`` is the
+    asset's run config (crop policy or tiling, ``force``)."""
+    job, asset = {
+        "segment": (SEGMENT_EMBEDDINGS_JOB, "segment_embeddings"),
+        "tile": (TILE_EMBEDDINGS_JOB, "tile_embeddings"),
+    }[scope]
+    return materialize_pin_ranges(defs, instance, job, asset, config or {}, key, plate_ids, log_level=log_level)
 
 
 def materialize_pin_ranges(

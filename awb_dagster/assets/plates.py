@@ -9,8 +9,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from awb_dagster.constants import GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
-from awb_dagster.partitions import pins_partitions, plates_partitions
+from awb_dagster.constants import EMBEDDING_FAMILIES, GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
+from awb_dagster.partitions import (
+    pins_partitions,
+    pins_partitions_name,
+    plates_partitions,
+    segment_pin_key,
+    segment_pins_partitions,
+    tile_pins_partitions,
+)
 from awb_dagster.plates.catalog import PlateCatalog, ScanResult
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
@@ -35,6 +42,12 @@ def wanted_partition_keys(home: AwbHome) -> dict[str, list[str]]:
         wanted[partitions_def.name] = [
             pin.key for entry in registry.family(family) for pin in lock.pins_for(entry.instrument.id)
         ]
+    # Region embeddings: tiles per embedding pin, segments per (embedding pin, SAM pin).
+    embedding_pins = [key for family in EMBEDDING_FAMILIES for key in wanted[pins_partitions_name(family)]]
+    wanted[tile_pins_partitions.name] = embedding_pins
+    wanted[segment_pins_partitions.name] = [
+        segment_pin_key(embedding, sam) for embedding in embedding_pins for sam in wanted[pins_partitions_name("sam")]
+    ]
     return wanted
 
 

@@ -201,3 +201,93 @@ def check_mask_pairs(
             elif mask_sha256(mask) != row["mask_sha256"]:
                 fail(row["record_id"], "decoded mask does not hash to mask_sha256")
     return {outcome.name: outcome}
+
+
+SEGMENT_REFS_RESOLVE = "segment_refs_resolve"
+TILES_COVER_PLATE = "tiles_cover_plate"
+
+REGION_CHECK_DESCRIPTIONS = {
+    SEGMENT_REFS_RESOLVE: "Every segment embedding's `region_ref` is the record id of a mask in a sealed "
+    "sam_masks run of the same plate bytes, and its `scope` is `segment`.",
+    TILES_COVER_PLATE: "The tiles of every plate cover every plate pixel, each tile overlaps the plate, "
+    "and every tile record has `scope` `tile`.",
+}
+
+
+def _region_rows(pair: SealedPair, fail) -> list[dict] | None:
+    try:
+        table = pq.read_table(pair.artifact_path, columns=["record_id", "scope", "region_ref"])
+    except (OSError, pa.ArrowException) as exc:
+        for record in pair.record_ids:
+            fail(record, f"artifact cannot be read ({type(exc).__name__}: {exc})")
+        return None
+    return table.to_pylist()
+
+
+def check_segment_refs(store: RunStore, pairs: Sequence[SealedPair]) -> dict[str, CheckOutcome]:
+    """Each segment record of ``pairs`` points at an existing mask record of its plate."""
+    outcome = CheckOutcome(SEGMENT_REFS_RESOLVE)
+    masks: dict[str, str] = {}  # mask record id -> plate sha256, over every sealed run
+    for manifest in store.manifests():
+        if manifest.payload.get("kind") == "sam-masks":
+            for pair in manifest.pairs:
+                masks.update(dict.fromkeys(pair["record_ids"], pair["plate_sha256"]))
+    for pair in pairs:
+        name = f"{pair.run_id}/{pair.artifact}"
+
+        def fail(record: str, detail: str, pair: SealedPair = pair, name: str = name) -> None:
+            outcome.failures.append(Failure(name, detail, record, pair.plate_id))
+
+        rows = _region_rows(pair, fail)
+        if rows is None:
+            continue
+        outcome.checked += len(rows)
+        for row in rows:
+            ref = row["region_ref"]
+            if row["scope"] != "segment":
+                fail(row["record_id"], f"scope is {row['scope']!r}, not 'segment'")
+            elif ref not in masks:
+                fail(row["record_id"], f"region_ref {ref!r} is no mask record of any sealed sam_masks run")
+            elif masks[ref] != pair.plate_sha256:
+                fail(row["record_id"], f"mask {ref} belongs to plate bytes {masks[ref][:12]}, not {pair.plate_sha256[:12]}")
+    return {outcome.name: outcome}
+
+
+def check_tile_cover(
+    store: RunStore, pairs: Sequence[SealedPair], plate_sizes: Mapping[str, tuple[int, int]]
+) -> dict[str, CheckOutcome]:
+    """The tiles of each pair cover its plate; ``plate_sizes`` maps plate sha256 -> (height, width)."""
+    from awb_dagster.instruments.regions import RegionError, parse_tile_ref
+
+    outcome = CheckOutcome(TILES_COVER_PLATE)
+    for pair in pairs:
+        name = f"{pair.run_id}/{pair.artifact}"
+
+        def fail(record: str, detail: str, pair: SealedPair = pair, name: str = name) -> None:
+            outcome.failures.append(Failure(name, detail, record, pair.plate_id))
+
+        rows = _region_rows(pair, fail)
+        if rows is None:
+            continue
+        outcome.checked += len(rows)
+        size = plate_sizes.get(pair.plate_sha256)
+        if size is None:
+            fail("", f"plate bytes {pair.plate_sha256[:12]} are not in the catalog")
+            continue
+        height, width = size
+        covered = np.zeros((height, width), dtype=bool)
+        for row in rows:
+            try:
+                x, y, w, h = parse_tile_ref(row["region_ref"] or "")
+            except (RegionError, ValueError) as exc:
+                fail(row["record_id"], str(exc))
+                continue
+            if row["scope"] != "tile":
+                fail(row["record_id"], f"scope is {row['scope']!r}, not 'tile'")
+            if w < 1 or h < 1 or x >= width or y >= height or x < 0 or y < 0:
+                fail(row["record_id"], f"tile {x},{y},{w},{h} does not overlap the {width}x{height} plate")
+                continue
+            covered[y : y + h, x : x + w] = True
+        if not covered.all():
+            fail("", f"{int((~covered).sum())} of {width * height} plate pixels are in no tile")
+    return {outcome.name: outcome}

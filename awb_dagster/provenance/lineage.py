@@ -24,7 +24,9 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         )
     record = row.row(0, named=True)
     plate = next(p for p in manifest.payload["plates"] if p["plate_id"] == pair.plate_id)
-    instrument = next(i for i in manifest.payload["instruments"] if i["pin_key"] == pair.pin_key)
+    # Region runs key their pairs by pin pair; the record names the pin that made it.
+    pin_key = record.get("pin_key") or pair.pin_key
+    instrument = next(i for i in manifest.payload["instruments"] if i["pin_key"] == pin_key)
     actual_sha = sha256_file(pair.artifact_path) if pair.artifact_path.is_file() else None
     return {
         "record_id": record_id,
@@ -42,10 +44,16 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         "model": {
             "model_id": instrument["model_id"],
             "sha": instrument["sha"],
-            "pin_key": pair.pin_key,
+            "pin_key": pin_key,
             "license": instrument["license"],
             "failure_modes": instrument["failure_modes"],
         },
+        # A segment embedding's region is a mask record: its own lineage (mask -> SAM pin -> plate).
+        "region": (
+            lineage(store, record["region_ref"])
+            if record.get("scope") == "segment" and record.get("region_ref")
+            else None
+        ),
         "preprocess_tag": pair.preprocess_tag,
         "run_id": pair.run_id,
         "dagster_run_id": pair.dagster_run_id,

@@ -53,10 +53,13 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._loaded = {}
         self._generators = {}
 
-    def embedder(self, pin_key: str, family: str) -> ImageEmbedder:
-        """The loaded embedder for ``pin_key``, after the admission and license gates."""
-        if pin_key in self._loaded:
-            return self._loaded[pin_key]
+    def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
+        """The loaded embedder for ``pin_key``, after the admission and license gates.
+        ``jpeg_draft`` overrides the torch setting (regions need full-resolution plates)."""
+        draft = self.torch.jpeg_draft if jpeg_draft is None else jpeg_draft
+        key = f"{pin_key}|draft={draft}"
+        if key in self._loaded:
+            return self._loaded[key]
         instrument, pin = self._admitted(pin_key, family)
         embedder = ImageEmbedder(
             instrument,
@@ -65,10 +68,20 @@ class InstrumentsResource(dg.ConfigurableResource):
             dtype=self.torch.dtype,
             cache_dir=self.home.paths.hf_cache,
             local_files_only=self.hub.offline,
-            jpeg_draft=self.torch.jpeg_draft,
+            jpeg_draft=draft,
         )
-        self._loaded[pin_key] = embedder
+        self._loaded[key] = embedder
         return embedder
+
+    def family_of(self, pin_key: str) -> str:
+        """The registry family of a locked pin (fails naming the lock file when it is not there)."""
+        pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
+        if pin is None:
+            raise dg.Failure(
+                f"pin {pin_key} is not in the lock file {self.home.paths.lock}; "
+                "pin the model first (`awb pin MODEL`)"
+            )
+        return self.home.registry().get(pin.model_id).instrument.family
 
     def mask_generator(self, pin_key: str, settings: GeneratorSettings) -> MaskGenerator:
         """The loaded SAM mask generator for ``pin_key`` with ``settings``, after the gates."""

@@ -223,13 +223,15 @@ def cmd_run(args) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
-    from awb_dagster.runner import materialize_family, materialize_masks
+    from awb_dagster.runner import materialize_family, materialize_masks, materialize_regions
 
     paths = HomePaths(resolve_home(args.home))
     os.environ["AWB_HOME"] = str(paths.root)
     instance = open_instance(paths)
     _sync_if_instance(paths)
-    pins = instance.get_dynamic_partitions(pins_partitions[args.family].name)
+    region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
+    partitions_name = f"{region_scope}_pins" if region_scope else pins_partitions[args.family].name
+    pins = instance.get_dynamic_partitions(partitions_name)
     chosen = [args.pin] if args.pin else pins[-1:]
     if not chosen or chosen[0] not in pins:
         print(f"no pin {args.pin or ''} for family {args.family}; pinned: {pins or 'none'} (`awb pin MODEL`)", file=sys.stderr)
@@ -238,7 +240,9 @@ def cmd_run(args) -> int:
     defs = build_definitions(home=str(paths.root), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     ok = True
     for pin_key in chosen:
-        if args.family == "sam":
+        if region_scope:
+            runs = materialize_regions(defs, instance, region_scope, pin_key, plates, config={"force": args.force})
+        elif args.family == "sam":
             runs = materialize_masks(defs, instance, pin_key, plates, config={"force": args.force})
         else:
             runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
@@ -393,8 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     plates.add_parser("list", parents=[common]).set_defaults(func=cmd_plates_list)
 
     p = sub.add_parser("run", parents=[common], help="materialize one family for real pins through Dagster")
-    p.add_argument("--family", required=True, choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES])
-    p.add_argument("--pin", help="pin key (default: the newest pin of the family)")
+    p.add_argument(
+        "--family",
+        required=True,
+        choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, "segment", "tile"],
+        help="an embedding family, sam, or segment/tile (region embeddings)",
+    )
+    p.add_argument(
+        "--pin",
+        help="pin key (default: the newest pin of the family); for segment: <embedding pin>~<sam pin>, "
+        "for tile: an embedding pin",
+    )
     p.add_argument("--plates", nargs="+", help="'all' (default) or plate ids")
     p.add_argument("--force", action="store_true", help="recompute pairs already sealed")
     p.add_argument("--device")

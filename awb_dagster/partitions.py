@@ -36,26 +36,8 @@ def plate_pin_partitions(family: str) -> dg.MultiPartitionsDefinition:
 # Region embeddings. A segment key pairs one embedding pin with one SAM pin
 # (``<embedding pin>~<sam pin>``), so a backfill per (embedding pin, SAM pin) over all plates is
 # one key of this dimension × all plates. A tile key is an embedding pin.
-REGION_PAIR_SEPARATOR = "~"
 segment_pins_partitions = dg.DynamicPartitionsDefinition(name="segment_pins")
 tile_pins_partitions = dg.DynamicPartitionsDefinition(name="tile_pins")
-
-
-def segment_pin_key(embedding_pin: str, sam_pin: str) -> str:
-    return f"{embedding_pin}{REGION_PAIR_SEPARATOR}{sam_pin}"
-
-
-def split_segment_pin_key(key: str) -> tuple[str, str]:
-    """``<embedding pin>~<sam pin>`` -> (embedding pin, sam pin)."""
-    embedding_pin, separator, sam_pin = key.partition(REGION_PAIR_SEPARATOR)
-    if not separator or not embedding_pin or not sam_pin:
-        raise ValueError(f"segment pin key {key!r} is not '<embedding pin>{REGION_PAIR_SEPARATOR}<sam pin>'")
-    return embedding_pin, sam_pin
-
-
-def tile_pair_key(embedding_pin: str) -> str:
-    """The store's pair key of tile records (kept apart from the pin's plate-scope pairs)."""
-    return f"{embedding_pin}{REGION_PAIR_SEPARATOR}tiles"
 
 
 def region_partitions(name: str) -> dg.MultiPartitionsDefinition:

@@ -129,7 +129,11 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     assert "\nsam masks demo-tiny-sam@" in out and " masks, coverage " in out
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
-    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement", "topology-report", "sam-masks"])
+    regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
+    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
+                            "topology-report", "sam-masks", *regions])  # fmt: skip
+    assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
+    assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
 
     # A second demo on the same home reuses its hub, pins and sealed records.
     again = subprocess.run(
@@ -143,7 +147,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
-    assert len(embedding_runs) == 3
+    assert len(embedding_runs) == 3 + len(regions)
 
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):

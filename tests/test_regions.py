@@ -18,12 +18,11 @@ from awb_dagster.cli import format_lineage
 from awb_dagster.definitions import build_definitions
 from awb_dagster.instance import open_instance
 from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, parse_tile_ref, tile_ref
-from awb_dagster.partitions import segment_pin_key, tile_pair_key
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.provenance.checks import SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE
 from awb_dagster.provenance.lineage import lineage
-from awb_dagster.provenance.records import record_id
+from awb_dagster.provenance.records import record_id, segment_pin_key, tile_pair_key
 from awb_dagster.provenance.store import RunStore
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
@@ -315,3 +314,22 @@ def test_bad_tiling_config_fails_naming_the_field(region_home):
         e for e in region_home.instance.all_logs(runs[0].dagster_run_id) if e.dagster_event and e.dagster_event.is_step_failure
     )
     assert "stride must be between 1 and tile_size" in str(failure.dagster_event.event_specific_data.error)
+
+
+def test_atlas_reads_segment_and_tile_scopes(region_home, segment_runs, tile_run):
+    import dagster as dg
+
+    from awb_dagster.runner import materialize_atlas
+
+    result = materialize_atlas(
+        region_home.defs, region_home.instance, {"atlas": {"k": 2, "scopes": ["segment", "tile"]}}, assets=("atlas",)
+    )
+    assert result.success
+    metadata = region_home.instance.get_latest_materialization_event(dg.AssetKey("atlas")).asset_materialization.metadata
+    graphs = {(row.data["pin"], row.data["scope"]): row.data for row in metadata["graphs"].value.records}
+    clip, dino = region_home.pins["awb-demo/tiny-clip"], region_home.pins["awb-demo/tiny-dinov2"]
+    assert {(clip, "segment"), (dino, "segment"), (clip, "tile")} <= set(graphs)
+    segments = sum(
+        len(p.record_ids) for p in region_home.store.sealed_pairs(f"{clip}~{region_home.sam}").values()
+    )
+    assert graphs[(clip, "segment")]["nodes"] == segments

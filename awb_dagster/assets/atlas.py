@@ -4,8 +4,8 @@
 every embedding family, or the configured pins) and writes, per pin and scope, the exact
 kNN graph and a 2-D map into one sealed run whose manifest lists every record it used.
 ``ensemble_disagreement`` and ``topology_report`` read that run (the one of ``atlas``'s
-latest materialization), so all three describe the same vectors. Only the plate scope has
-embeddings today; segment and tile scopes plug in through ``AtlasConfig.scopes``.
+latest materialization), so all three describe the same vectors. ``AtlasConfig.scopes`` picks
+plate, segment (SAM mask crops) and tile records.
 
 Re-computation: ``atlas`` depends on every partition of the family assets, an edge across
 which Dagster does not propagate staleness. :data:`CORPUS_AUTOMATION` requests an asset
@@ -69,7 +69,7 @@ CORPUS_AUTOMATION = (
 
 class AtlasConfig(dg.Config):
     k: int = 10  # neighbours per node (capped at N-1 for a corpus smaller than k+1)
-    scopes: list[str] = ["plate"]  # plate now; segment and tile once their embeddings exist
+    scopes: list[str] = ["plate"]  # plate, segment (segment_embeddings), tile (tile_embeddings)
     pins: list[str] = []  # pin keys or instrument ids/keys; empty: the active pin of every embedding instrument
     knn_block_mb: int = DEFAULT_BLOCK_BYTES >> 20  # memory for the blocked kNN's work buffers
     map_thumbnails_max: int = 600  # plate thumbnails on the map up to this many plates
@@ -153,7 +153,7 @@ def _metadata_table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
     group_name=GROUP_ATLAS,
     description="Per embedding pin and scope: the exact cosine kNN graph of the L2 vectors and a "
     "2-D PCA map of the corpus, in one sealed run that lists every record used.",
-    deps=FAMILY_ASSETS,
+    deps=[*FAMILY_ASSETS, "segment_embeddings", "tile_embeddings"],
     code_version=ATLAS_CODE_VERSION,
     automation_condition=CORPUS_AUTOMATION,
     kinds={"numpy", "parquet"},

@@ -14,10 +14,10 @@ from awb_dagster.partitions import (
     pins_partitions,
     pins_partitions_name,
     plates_partitions,
-    segment_pin_key,
     segment_pins_partitions,
     tile_pins_partitions,
 )
+from awb_dagster.provenance.records import segment_pin_key
 from awb_dagster.plates.catalog import PlateCatalog, ScanResult
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry

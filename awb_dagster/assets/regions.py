@@ -39,7 +39,7 @@ from awb_dagster.instruments.regions import (
 )
 from awb_dagster.instruments.sam import load_plate
 from awb_dagster.instruments.streaming import prefetch_batches
-from awb_dagster.partitions import region_partitions, split_segment_pin_key, tile_pair_key
+from awb_dagster.partitions import region_partitions
 from awb_dagster.plates.catalog import Plate
 from awb_dagster.provenance.checks import (
     REGION_CHECK_DESCRIPTIONS,
@@ -47,7 +47,7 @@ from awb_dagster.provenance.checks import (
     check_segment_refs,
     check_tile_cover,
 )
-from awb_dagster.provenance.records import embedding_table, record_id
+from awb_dagster.provenance.records import embedding_table, record_id, split_segment_pin_key, tile_pair_key
 from awb_dagster.provenance.store import OpenRun, RunStore, SealedPair, sha256_file
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from awb_dagster.provenance.records import SCOPES
+from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR, SCOPES, tile_pair_key
 from awb_dagster.provenance.store import RunStore, SealedPair, StoreError, sha256_file
 
 _COLUMNS = ["record_id", "plate_id", "plate_sha256", "region_ref", "scope", "vector_l2"]
@@ -89,17 +89,35 @@ class Space:
         )
 
 
+def scope_pairs(store: RunStore, pin_key: str, scope: str) -> list[SealedPair]:
+    """The latest sealed pairs holding ``pin_key``'s records at ``scope``: plate records under the
+    pin itself, tiles under ``<pin>~tiles``, segments under ``<pin>~<sam pin>`` (every SAM pin;
+    their tags differ, so :func:`choose_pairs` keeps one mask set)."""
+    if scope == "plate":
+        return list(store.sealed_pairs(pin_key).values())
+    if scope == "tile":
+        return list(store.sealed_pairs(tile_pair_key(pin_key)).values())
+    prefix = f"{pin_key}{REGION_PAIR_SEPARATOR}"
+    found: dict[tuple[str, str, str, str], SealedPair] = {}
+    for manifest in store.manifests():
+        for pair in manifest.pairs:
+            key = pair["pin_key"]
+            if key.startswith(prefix) and key != tile_pair_key(pin_key):
+                found[(key, pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"])] = manifest.sealed_pair(pair)
+    return list(found.values())
+
+
 def choose_pairs(
-    store: RunStore, pin_key: str, plates: Mapping[str, str]
+    store: RunStore, pin_key: str, plates: Mapping[str, str], scope: str = "plate"
 ) -> tuple[list[SealedPair], str | None, dict[str, int]]:
-    """The latest sealed pair of each catalog plate for ``pin_key``, under one preprocess tag.
+    """The latest sealed pair of each catalog plate for ``pin_key`` at ``scope``, under one preprocess tag.
 
     ``plates`` maps plate id to the sha256 the catalog holds now; pairs of other bytes are
     left out. When the pin was run under several preprocess tags, the tag covering the most
     plates wins (ties: the newest run), since two pipelines never share one space.
     Returns (pairs, tag, counts of pairs left out by reason).
     """
-    current = [p for p in store.sealed_pairs(pin_key).values() if plates.get(p.plate_id) == p.plate_sha256]
+    current = [p for p in scope_pairs(store, pin_key, scope) if plates.get(p.plate_id) == p.plate_sha256]
     skipped: dict[str, int] = {}
     if not current:
         return [], None, skipped
@@ -164,7 +182,7 @@ def load_space(
     sealed pairs (see :func:`choose_pairs`). ``None`` when there are none; the dict counts
     pairs left out by reason."""
     check_scope(scope)
-    pairs, tag, skipped = choose_pairs(store, pin_key, plates)
+    pairs, tag, skipped = choose_pairs(store, pin_key, plates, scope)
     by_artifact: dict[tuple[str, str, str], list[str]] = {}
     for pair in pairs:
         by_artifact.setdefault((pair.run_id, pair.artifact, pair.artifact_sha256), []).extend(pair.record_ids)

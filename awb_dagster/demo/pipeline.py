@@ -97,10 +97,16 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         if not _sam_summary(defs, instance, registry):
             return 1
+        segment_record = _region_summary(defs, instance, registry, home_resource)
+        if segment_record is None:
+            return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
         _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
         _say(format_lineage(lineage(home_resource.store(), pair.record_ids[0])))
+        if segment_record:
+            _say(f"\nlineage of one segment embedding (awb lineage {segment_record} --home {paths.root}):")
+            _say(format_lineage(lineage(home_resource.store(), segment_record)))
         _say(f"\nopen the UI on this home: awb ui --home {paths.root}")
     return 0
 
@@ -173,3 +179,47 @@ def _sam_summary(defs, instance, registry) -> bool:
                     f"coverage {metadata['coverage'].value:.2f}, preview {metadata['preview'].value}"
                 )
     return True
+
+
+# Demo plates are about 640 px on the long side; the relaxed masks of random weights are small.
+DEMO_SEGMENT_CONFIG = {"min_region_area": 16}
+DEMO_TILE_CONFIG = {"tile_size": 256, "stride": 192, "edge": "shift"}
+
+
+def _region_summary(defs, instance, registry, home_resource) -> str | None:
+    """Segment embeddings (each demo CLIP/DINOv2 pin × each demo SAM pin) and tile embeddings
+    (each demo CLIP/DINOv2 pin); prints one row per pin pair. Returns one segment record id
+    ("" when no mask passed), None on a failed run."""
+    from awb_dagster.cli import _table
+    from awb_dagster.provenance.records import segment_pin_key, tile_pair_key
+    from awb_dagster.runner import materialize_regions
+
+    def demo_pins(families):
+        return [
+            entry.active_pin.key
+            for family in families
+            for entry in registry.family(family)
+            if entry.instrument.demo and entry.active_pin is not None
+        ]
+
+    store = home_resource.store()
+    rows, first_segment = [], ""
+    jobs = [("segment", segment_pin_key(e, s), DEMO_SEGMENT_CONFIG) for e in demo_pins(("clip", "dinov2")) for s in demo_pins(("sam", "sam-hq"))]
+    jobs += [("tile", e, DEMO_TILE_CONFIG) for e in demo_pins(("clip", "dinov2"))]
+    for scope, key, config in jobs:
+        started = time.perf_counter()
+        runs = materialize_regions(defs, instance, scope, key, config=config)
+        if not all(run.success for run in runs):
+            _say(f"FAILED: {scope}_embeddings {key}; see the Dagster run {runs[-1].dagster_run_id}")
+            return None
+        pairs = store.sealed_pairs(key if scope == "segment" else tile_pair_key(key)).values()
+        records = [r for p in pairs for r in p.record_ids]
+        if scope == "segment" and records and not first_segment:
+            first_segment = records[0]
+        rows.append(
+            {"asset": f"{scope}_embeddings", "key": key, "plates": len({p.plate_id for p in pairs}),
+             "records": len(records), "seconds": f"{time.perf_counter() - started:.1f}"}
+        )  # fmt: skip
+    _say(f"\nregion embeddings (segments: {DEMO_SEGMENT_CONFIG}, tiles: {DEMO_TILE_CONFIG}):")
+    _say(_table(rows, ["asset", "key", "plates", "records", "seconds"]))
+    return first_segment

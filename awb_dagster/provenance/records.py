@@ -9,6 +9,28 @@ import pyarrow as pa
 
 SCOPES = ("plate", "segment", "tile")
 
+# Region records are sealed under pair keys of their own, apart from the pin's plate records:
+# segments under ``<embedding pin>~<sam pin>``, tiles under ``<embedding pin>~tiles``.
+REGION_PAIR_SEPARATOR = "~"
+
+
+def segment_pin_key(embedding_pin: str, sam_pin: str) -> str:
+    return f"{embedding_pin}{REGION_PAIR_SEPARATOR}{sam_pin}"
+
+
+def split_segment_pin_key(key: str) -> tuple[str, str]:
+    """``<embedding pin>~<sam pin>`` -> (embedding pin, sam pin)."""
+    embedding_pin, separator, sam_pin = key.partition(REGION_PAIR_SEPARATOR)
+    if not separator or not embedding_pin or not sam_pin:
+        raise ValueError(f"segment pin key {key!r} is not '<embedding pin>{REGION_PAIR_SEPARATOR}<sam pin>'")
+    return embedding_pin, sam_pin
+
+
+def tile_pair_key(embedding_pin: str) -> str:
+    """The store's pair key of tile records (kept apart from the pin's plate-scope pairs)."""
+    return f"{embedding_pin}{REGION_PAIR_SEPARATOR}tiles"
+
+
 _ID_SEPARATOR = "\x1f"  # cannot appear in a sha, tag or region ref, so fields never run together
 
 

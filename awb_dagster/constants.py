@@ -2,6 +2,8 @@
 
 EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2")
 SEGMENTATION_FAMILIES = ("sam",)
+# Registry families the SAM adapter runs: their pins share the sam pins partition (sam_masks).
+SAM_FAMILIES = ("sam", "sam-hq")
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

@@ -10,6 +10,7 @@ from awb_dagster.constants import (
     PIN_DIMENSION,
     PLATE_DIMENSION,
     PLATES_PARTITIONS_NAME,
+    SAM_FAMILIES,
     SEGMENTATION_FAMILIES,
 )
 
@@ -24,6 +25,14 @@ pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
     family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
     for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES)
 }
+
+# The registry families whose pins each pins partition lists: its own family, except that the
+# SAM adapter also runs SAM-HQ, so SAM-HQ pins are keys of ``sam_pins`` (one sam_masks asset).
+pins_partition_families: dict[str, tuple[str, ...]] = {
+    partitions_def.name: SAM_FAMILIES if family == "sam" else (family,)
+    for family, partitions_def in pins_partitions.items()
+}
+
 
 
 def plate_pin_partitions(family: str) -> dg.MultiPartitionsDefinition:

@@ -17,7 +17,7 @@ from awb_dagster.assets.plates import scan_plates, sync_partitions
 from awb_dagster.cli import format_lineage
 from awb_dagster.definitions import build_definitions
 from awb_dagster.instance import open_instance
-from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, parse_tile_ref, tile_ref
+from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, masks_tag, parse_tile_ref, tile_ref
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.provenance.checks import SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE
@@ -333,3 +333,26 @@ def test_atlas_reads_segment_and_tile_scopes(region_home, segment_runs, tile_run
         len(p.record_ids) for p in region_home.store.sealed_pairs(f"{clip}~{region_home.sam}").values()
     )
     assert graphs[(clip, "segment")]["nodes"] == segments
+
+
+def test_a_plate_without_masks_gives_an_empty_valid_segment_partition(region_home, segment_runs):
+    plate_id = sorted(region_home.catalog.plates)[0]
+    defaults = {"points_per_side": 4, "max_working_side": 256}  # segment-anything's filters keep no random-weight mask
+    assert materialize_masks(region_home.defs, region_home.instance, region_home.sam, [plate_id], config=defaults)[0].success
+    empty = next(
+        p for p in region_home.store.sealed_pairs(region_home.sam).values()
+        if p.plate_id == plate_id and "pred_iou_thresh=0.88," in p.preprocess_tag
+    )  # fmt: skip
+    assert empty.record_ids == ()
+    key = segment_pin_key(region_home.pins["awb-demo/tiny-clip"], region_home.sam)
+    runs = materialize_regions(
+        region_home.defs, region_home.instance, "segment", key, [plate_id],
+        config={"min_region_area": 16, "sam_preprocess_tag": empty.preprocess_tag},
+    )  # fmt: skip
+    assert runs[0].success
+    chosen = masks_tag(region_home.sam, empty.preprocess_tag)
+    pair = next(p for p in region_home.store.sealed_pairs(key).values() if p.preprocess_tag.endswith(chosen))
+    assert pair.plate_id == plate_id
+    assert pair.record_ids == () and pq.read_table(pair.artifact_path).num_rows == 0
+    metadata = region_home.instance.get_latest_materialization_event(dg.AssetKey("segment_embeddings")).asset_materialization.metadata
+    assert metadata["records"].value == 0 and metadata["masks"].value == 0

@@ -82,7 +82,9 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-siglip": ("siglip", 48, 32),
     "awb-demo/tiny-dinov2": ("dinov2", 40, 28),
     "awb-demo/tiny-sam": ("sam", None, 64),
+    "awb-demo/tiny-sam-hq": ("sam-hq", None, 64),
 }
+EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
 
 # --- seed parsing ---------------------------------------------------------------------------
@@ -188,14 +190,15 @@ def test_roster_holds_exactly_the_41_hf_ids(registry: Registry) -> None:
 def test_roster_holds_tesseract_convnets_and_demo(registry: Registry) -> None:
     by_source = {
         source: {e.instrument.id for e in registry.entries if e.instrument.source == source}
-        for source in ("tesseract", "torchvision", "demo")
+        for source in ("tesseract", "torchvision", "demo", "url")
     }
     assert by_source == {
         "tesseract": {"tesseract"},
         "torchvision": set(EXPECTED_TORCHVISION),
         "demo": set(EXPECTED_DEMO),
+        "url": EXPECTED_URL,
     }
-    assert len(registry.entries) == 41 + 1 + 6 + 4
+    assert len(registry.entries) == 41 + 1 + 6 + len(EXPECTED_DEMO) + len(EXPECTED_URL)
 
 
 @pytest.mark.skipif(not SEED.exists(), reason=f"seed not found at {SEED}")
@@ -233,7 +236,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam"))
+    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq"))
     if inst.output_kind == "vector":
         assert inst.expected_dim
 
@@ -331,11 +334,11 @@ def test_not_admitted_error_names_every_missing_field(registry: Registry) -> Non
 def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
     tmp_path: Path, registry: Registry
 ) -> None:
-    pinned_registry = pinned(tmp_path, make_pin(registry, "sam-hq-vit-huge"))
-    entry = pinned_registry.get("sam-hq-vit-huge")
+    pinned_registry = pinned(tmp_path, make_pin(registry, "detr-resnet-50"))
+    entry = pinned_registry.get("detr-resnet-50")
     assert entry.status == "ideas" and entry.missing == ("sealed_runs",)
-    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'sam-hq'"):
-        pinned_registry.require_admitted("sam-hq-vit-huge")
+    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'detr'"):
+        pinned_registry.require_admitted("detr-resnet-50")
 
 
 def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:

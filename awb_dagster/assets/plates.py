@@ -11,7 +11,7 @@ import dagster as dg
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
 from awb_dagster.partitions import (
-    pins_partitions,
+    pins_partition_families,
     pins_partitions_name,
     plates_partitions,
     segment_pins_partitions,
@@ -38,9 +38,12 @@ def wanted_partition_keys(home: AwbHome) -> dict[str, list[str]]:
     wanted: dict[str, list[str]] = {PLATES_PARTITIONS_NAME: list(home.catalog().plates)}
     lock = PinLock.load(home.paths.lock)
     registry = Registry.load(lock_path=home.paths.lock)
-    for family, partitions_def in pins_partitions.items():
-        wanted[partitions_def.name] = [
-            pin.key for entry in registry.family(family) for pin in lock.pins_for(entry.instrument.id)
+    for name, families in pins_partition_families.items():
+        wanted[name] = [
+            pin.key
+            for family in families
+            for entry in registry.family(family)
+            for pin in lock.pins_for(entry.instrument.id)
         ]
     # Region embeddings: tiles per embedding pin, segments per (embedding pin, SAM pin).
     embedding_pins = [key for family in EMBEDDING_FAMILIES for key in wanted[pins_partitions_name(family)]]

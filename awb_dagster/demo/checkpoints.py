@@ -1,9 +1,11 @@
 """Tiny checkpoints of the real transformers architectures, for tests and the offline demo.
 
-Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2, SAM) with tiny dimensions
-and seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
+Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2, SAM, SAM-HQ) with tiny
+dimensions and seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
 ``model.safetensors`` and the real image processor's ``preprocessor_config.json``. The same seed
 gives the same bytes, so a repo published from them gets the same commit sha every time.
+:func:`build_tiny_original_sam` writes a tiny checkpoint in segment-anything's own ``.pth``
+format instead, as the official ``sam_vit_*.pth`` files are published.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2", "sam"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
     "awb-demo/tiny-siglip": "siglip",
     "awb-demo/tiny-dinov2": "dinov2",
     "awb-demo/tiny-sam": "sam",
+    "awb-demo/tiny-sam-hq": "sam-hq",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
@@ -30,6 +33,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
     "siglip": "zero-shot-image-classification",
     "dinov2": "image-feature-extraction",
     "sam": "mask-generation",
+    "sam-hq": "mask-generation",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -120,11 +124,36 @@ def _tiny_sam() -> tuple[object, object]:
     return SamModel(config), SamProcessor(image_processor=image_processor)
 
 
+def _tiny_sam_hq() -> tuple[object, object]:
+    from transformers import SamHQConfig, SamHQModel, SamHQProcessor, SamImageProcessor
+
+    # _tiny_sam's geometry; the HQ decoder's vit_dim must equal the vision hidden size, whose
+    # global-attention block (index 1) supplies the early ViT features the HQ token fuses.
+    config = SamHQConfig(
+        vision_config={
+            "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 64, "patch_size": 16, "window_size": 2, "global_attn_indexes": [1],
+            "mlp_dim": 64, "num_pos_feats": 8, "initializer_range": 0.02,
+        },
+        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={
+            "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "iou_head_hidden_dim": 16, "vit_dim": 32,
+        },
+    )  # fmt: skip
+    # Same recipe as syscv-community/sam-hq-vit-*: SAM's image processor.
+    image_processor = SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}
+    )
+    return SamHQModel(config), SamHQProcessor(image_processor=image_processor)
+
+
 _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "clip": _tiny_clip,
     "siglip": _tiny_siglip,
     "dinov2": _tiny_dinov2,
     "sam": _tiny_sam,
+    "sam-hq": _tiny_sam_hq,
 }
 
 
@@ -159,3 +188,39 @@ def publish_demo_repos(
         for repo_id, kind in DEMO_REPOS.items()
         if repo_id in wanted
     }
+
+
+def build_tiny_original_sam(seed: int = 0) -> bytes:
+    """A tiny SAM in segment-anything's ``.pth`` format (``torch.save`` of the state dict, as the
+    official ``sam_vit_*.pth`` files are), built from ``segment_anything.modeling`` with small dims.
+    The position tables segment-anything initializes to zero are drawn from N(0, 0.02), as
+    ``_tiny_sam`` does for its vision tower, so random-weight masks have some structure."""
+    import io
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=16,
+                use_rel_pos=True, window_size=2, global_attn_indexes=(1,),
+                norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
+            ),
+            # segment-anything's decoder always has 8 heads (the converter assumes it).
+            mask_decoder=MaskDecoder(
+                transformer_dim=16, transformer=TwoWayTransformer(depth=2, embedding_dim=16, num_heads=8, mlp_dim=32),
+                iou_head_depth=3, iou_head_hidden_dim=16,
+            ),
+        )  # fmt: skip
+        with torch.no_grad():
+            for name, tensor in sam.image_encoder.named_parameters():
+                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
+                    tensor.normal_(0.0, 0.02)
+    buffer = io.BytesIO()
+    torch.save(sam.state_dict(), buffer)
+    return buffer.getvalue()

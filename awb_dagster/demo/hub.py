@@ -9,6 +9,8 @@ unchanged against it:
 - ``GET /api/models/{repo}/tree/{rev}[/{path}]`` and ``POST /api/models/{repo}/paths-info/{rev}``.
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` (and ``/raw/``) with ``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``/``X-Linked-Size`` for LFS files, ``Content-Length`` and byte ``Range``s.
+- ``GET``/``HEAD /files/{name}``: a plain file published with :meth:`LoopbackHub.add_file`, as a
+  release server serves weights outside the hub (the original segment-anything checkpoints).
 - Errors as ``X-Error-Code`` headers: ``RepoNotFound`` and ``RevisionNotFound`` (404),
   ``EntryNotFound`` (404), ``GatedRepo`` (401 without a token, 403 with a token not in
   ``allowed_tokens``). As on the real hub, model info of a gated repo is public; its files and
@@ -357,6 +359,23 @@ class LoopbackHub:
     def read_blob(self, stored: StoredFile) -> bytes:
         return self._blob_path(stored.sha256).read_bytes()
 
+    # -- plain files outside the hub ---------------------------------------------------------
+
+    def add_file(self, name: str, content: bytes) -> str:
+        """Serve ``content`` at ``/files/{name}`` (replacing any earlier file of that name); return its sha256."""
+        if not _REPO_PART.fullmatch(name):
+            raise ValueError(f"file name must match {_REPO_PART.pattern}, got {name!r}")
+        path = self.root / "files" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, content)
+        return hashlib.sha256(content).hexdigest()
+
+    def plain_file(self, name: str) -> bytes:
+        path = self.root / "files" / name
+        if not _REPO_PART.fullmatch(name) or not path.is_file():
+            raise HubError(HTTPStatus.NOT_FOUND, None, f"no file {name!r}")
+        return path.read_bytes()
+
     # -- server lifecycle ----------------------------------------------------------------------
 
     def start(self) -> str:
@@ -400,6 +419,7 @@ _API_ROUTE = re.compile(
     r"(?:/(?P<kind>revision|tree|paths-info)/(?P<rev>[^/]+)(?P<path>/.*)?)?$"
 )
 _FILE_ROUTE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/(?:resolve|raw)/(?P<rev>[^/]+)/(?P<path>.+)$")
+_PLAIN_FILE_ROUTE = re.compile(r"^/files/(?P<name>[^/]+)$")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -430,6 +450,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 self._api(method, match, query)
             elif method in ("GET", "HEAD") and (match := _FILE_ROUTE.match(url.path)) is not None:
                 self._file(method, unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"]))
+            elif method in ("GET", "HEAD") and (match := _PLAIN_FILE_ROUTE.match(url.path)) is not None:
+                content = self.hub.plain_file(unquote(match["name"]))
+                self._send(method, HTTPStatus.OK, content, {"Content-Type": "application/octet-stream"})
             else:
                 raise HubError(HTTPStatus.NOT_FOUND, None, f"no route for {method} {url.path}")
         except HubError as error:

@@ -1,8 +1,10 @@
 """Segment Anything automatic mask generation through transformers at a pinned sha.
 
 Plain Python: no Dagster here. A :class:`MaskGenerator` is built from a registry instrument
-(family ``sam``) and its pin, loads ``SamModel`` + ``SamProcessor`` once, and runs the
-segment-anything automatic mask generation algorithm on a plate: a point grid per crop layer,
+(family ``sam`` or ``sam-hq``) and its pin, loads the family's model and processor once
+(:data:`ARCHITECTURES`: ``SamModel`` or ``SamHQModel`` from the hub at the pinned sha, or an
+original segment-anything ``.pth`` converted to ``SamModel``), and runs the segment-anything
+automatic mask generation algorithm on a plate: a point grid per crop layer,
 prompts in bounded batches, predicted-IoU and stability filters, box NMS within and across
 crops, optional small-region cleanup. The algorithm's steps are segment-anything's own pure
 helpers (``segment_anything.utils.amg``) and torchvision's ``batched_nms``; COCO RLE is
@@ -36,6 +38,7 @@ import PIL
 import torch
 from PIL import Image, ImageOps
 
+from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.embedding import InstrumentError, resolve_device, resolve_dtype
 from awb_dagster.plates.imaging import (
     COLOR_POLICY,
@@ -49,7 +52,7 @@ from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
 # Bump when the generator or its pre/post-processing code changes what it computes.
-ADAPTER_VERSION = "sam-amg-v1"
+ADAPTER_VERSION = "sam-amg-v2"
 
 ALPHA_POLICY = "transparent-removed-v1"
 ALPHA_POLICY_DESCRIPTION = (
@@ -60,6 +63,27 @@ WORKING_RESIZE = f"PIL-{PIL.__version__}:bilinear"
 MASK_UPSCALE = "torch-nearest"  # working-resolution masks to plate resolution
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """The transformers classes that run one family, and what one point prompt yields."""
+
+    model_class: str
+    processor_class: str
+    prompt_output: str  # recorded in the preprocess tag: it decides which masks come out
+
+
+ARCHITECTURES: dict[str, SamArchitecture] = {
+    # Three masks per prompt (segment-anything's multimask output), each filtered on its own.
+    "sam": SamArchitecture("SamModel", "SamProcessor", "multimask-3"),
+    # SAM-HQ's own automatic mask generator: multimask output, the SAM mask of highest predicted
+    # IoU plus the HQ-token mask (hq_token_only=False), so one mask per prompt.
+    "sam-hq": SamArchitecture("SamHQModel", "SamHQProcessor", "best-of-multimask+hq-token"),
+}
+
+# Where the weights come from, by registry source (hub repos are safetensors at the pinned sha).
+WEIGHTS_FORMATS = {"hf": "hub-safetensors", "demo": "hub-safetensors", "url": "original-pth-converted"}
 
 
 @dataclass(frozen=True)
@@ -141,7 +165,8 @@ def preprocess_tag(spec: dict[str, Any], settings: GeneratorSettings) -> str:
         f"dec={spec['decoder']};color={spec['color_policy']};alpha={spec['alpha_policy']};"
         f"work={spec['working_resize']}:max-side={settings.max_working_side};"
         f"proc={spec['processor']}:{spec['resample']}:{sizes(spec['size'])}:pad={sizes(spec['pad_size'])};"
-        f"norm={norm};amg={settings.tag()};upscale={spec['mask_upscale']};adapter={ADAPTER_VERSION}"
+        f"norm={norm};model={spec['model_class']}:{spec['weights_format']}:out={spec['prompt_output']};"
+        f"amg={settings.tag()};upscale={spec['mask_upscale']};adapter={ADAPTER_VERSION}"
     )
 
 
@@ -196,7 +221,12 @@ def count_components(mask: np.ndarray) -> int:
 
 
 class MaskGenerator:
-    """A loaded SAM instrument at one pin, with fixed generator settings."""
+    """A loaded SAM or SAM-HQ instrument at one pin, with fixed generator settings.
+
+    ``cache_dir`` is the hub cache; ``weights_dir`` holds weight files of ``source = "url"``
+    instruments (default: :func:`awb_dagster.registry.pins.weight_files_dir`), each verified against
+    the pin's sha256 before it is read.
+    """
 
     def __init__(
         self,
@@ -207,10 +237,19 @@ class MaskGenerator:
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: Path | None = None,
+        weights_dir: Path | None = None,
         local_files_only: bool = False,
     ):
-        if instrument.family != "sam":
-            raise InstrumentError(f"{instrument.id}: family {instrument.family!r} is not run by the SAM adapter")
+        if instrument.family not in SAM_FAMILIES:
+            raise InstrumentError(
+                f"{instrument.id}: family {instrument.family!r} is not run by the SAM adapter "
+                f"(it runs {', '.join(ARCHITECTURES)})"
+            )
+        if instrument.source not in WEIGHTS_FORMATS or (instrument.source == "url" and instrument.family != "sam"):
+            raise InstrumentError(
+                f"{instrument.id}: the SAM adapter loads {instrument.family} weights from the hub only; "
+                f"source {instrument.source!r} has no loader (original .pth files convert to SamModel only)"
+            )
         require_pin_of(instrument, pin, InstrumentError)
         if settings.min_mask_region_area > 0 and importlib.util.find_spec("cv2") is None:
             raise InstrumentError(
@@ -220,6 +259,7 @@ class MaskGenerator:
         self.instrument = instrument
         self.pin = pin
         self.settings = settings
+        self.architecture = ARCHITECTURES[instrument.family]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._hub_kwargs: dict[str, Any] = {
@@ -227,9 +267,13 @@ class MaskGenerator:
             "cache_dir": str(cache_dir) if cache_dir else None,
             "local_files_only": local_files_only,
         }
-        self.processor, self.model = self._load()
+        self._weights_dir = weights_dir
+        self.processor, self.model = self._load_original() if instrument.source == "url" else self._load()
         spec = describe_sam_processor(self.processor)
         spec.update(
+            model_class=type(self.model).__name__,
+            weights_format=WEIGHTS_FORMATS[instrument.source],
+            prompt_output=self.architecture.prompt_output,
             decoder=decoder_tag(),
             color_policy=COLOR_POLICY,
             color_policy_description=COLOR_POLICY_DESCRIPTION,
@@ -247,10 +291,19 @@ class MaskGenerator:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         model_id = self.instrument.id
+        model_class = getattr(transformers, self.architecture.model_class)
+        processor_class = getattr(transformers, self.architecture.processor_class)
         try:
-            processor = transformers.SamProcessor.from_pretrained(model_id, **self._hub_kwargs)
-            model = transformers.SamModel.from_pretrained(
-                model_id, use_safetensors=True, dtype=self.dtype, **self._hub_kwargs
+            config = transformers.AutoConfig.from_pretrained(model_id, **self._hub_kwargs)
+            # from_pretrained of another architecture's repo would leave weights randomly initialized.
+            if not isinstance(config, model_class.config_class):
+                raise InstrumentError(
+                    f"{model_id}@{self.pin.sha}: config.json is a {type(config).__name__} ({config.model_type!r}), "
+                    f"but family {self.instrument.family!r} runs {model_class.__name__}; fix the family in roster.toml"
+                )
+            processor = processor_class.from_pretrained(model_id, **self._hub_kwargs)
+            model = model_class.from_pretrained(
+                model_id, config=config, use_safetensors=True, dtype=self.dtype, **self._hub_kwargs
             )
         except OSError as exc:
             raise InstrumentError(
@@ -259,6 +312,25 @@ class MaskGenerator:
                 "when offline (HF_HUB_OFFLINE=1)."
             ) from exc
         return processor, model.eval().to(self.device)
+
+    def _load_original(self) -> tuple[Any, torch.nn.Module]:
+        """An original segment-anything checkpoint: the weight file verified against the pin's
+        sha256, read with ``weights_only=True`` and converted to ``SamModel``, with
+        segment-anything's preprocessing as a ``SamProcessor``."""
+        from awb_dagster.instruments.sam_convert import load_original_as_transformers, processor_for
+        from awb_dagster.registry.pins import PinError, fetch_weight_file
+
+        try:
+            path = fetch_weight_file(
+                self.instrument,
+                self.pin.sha,
+                weights_dir=self._weights_dir,
+                offline=bool(self._hub_kwargs["local_files_only"]),
+            )
+        except PinError as exc:
+            raise InstrumentError(str(exc)) from exc
+        model = load_original_as_transformers(path)
+        return processor_for(model.config), model.to(self.device, self.dtype).eval()
 
     @torch.inference_mode()
     def generate(self, image: Image.Image, opaque: np.ndarray | None = None) -> list[GeneratedMask]:
@@ -307,7 +379,7 @@ class MaskGenerator:
         crop_h, crop_w = crop.shape[:2]
         # A PIL image: a tiny numpy crop (e.g. 3 px wide) has an ambiguous channel axis.
         inputs = self.processor(images=Image.fromarray(crop), return_tensors="pt")
-        embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+        embeddings = self._image_features(inputs["pixel_values"].to(self.device, self.dtype))
         points = grid * np.array([[crop_w, crop_h]])  # (x, y) in crop pixels
         data = amg.MaskData()
         for (batch,) in amg.batch_iterator(self.settings.points_per_batch, points):
@@ -323,8 +395,16 @@ class MaskGenerator:
         data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.float32).reshape(-1, 4)
         return data
 
+    def _image_features(self, pixel_values: torch.Tensor) -> dict[str, Any]:
+        """The image encoder's outputs as the mask decoder takes them (keyword arguments)."""
+        if self.architecture.model_class == "SamHQModel":
+            # SAM-HQ's decoder also fuses the early ViT features of the global-attention blocks.
+            embeddings, intermediate = self.model.get_image_embeddings(pixel_values)
+            return {"image_embeddings": embeddings, "intermediate_embeddings": intermediate}
+        return {"image_embeddings": self.model.get_image_embeddings(pixel_values)}
+
     def _process_batch(
-        self, points: np.ndarray, embeddings: torch.Tensor, inputs: Any, crop_box: list[int], work_hw: tuple[int, int]
+        self, points: np.ndarray, embeddings: dict[str, Any], inputs: Any, crop_box: list[int], work_hw: tuple[int, int]
     ) -> Any:
         from segment_anything.utils import amg
 
@@ -335,13 +415,20 @@ class MaskGenerator:
         scaled = points * np.array([[resized_w / crop_w, resized_h / crop_h]])
         input_points = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)[None, :, None, :]
         input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=self.device)
-        output = self.model(
-            image_embeddings=embeddings, input_points=input_points, input_labels=input_labels, multimask_output=True
-        )
+        if self.architecture.model_class == "SamHQModel":
+            output = self.model(
+                **embeddings, input_points=input_points, input_labels=input_labels, multimask_output=True,
+                hq_token_only=False,
+            )  # fmt: skip
+            # Masks come sorted by predicted IoU: the first is SAM-HQ's best-of-multimask + HQ mask.
+            pred_masks, iou_scores = output.pred_masks[:, :, :1], output.iou_scores[:, :, :1]
+        else:
+            output = self.model(**embeddings, input_points=input_points, input_labels=input_labels, multimask_output=True)
+            pred_masks, iou_scores = output.pred_masks, output.iou_scores
         logits = self.processor.post_process_masks(
-            output.pred_masks.float(), inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
-        )[0]  # [points, 3, crop_h, crop_w]
-        iou = output.iou_scores[0].float()  # [points, 3]
+            pred_masks.float(), inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
+        )[0]  # [points, masks per prompt, crop_h, crop_w]
+        iou = iou_scores[0].float()  # [points, masks per prompt]
         data = amg.MaskData(
             masks=logits.flatten(0, 1),
             iou_preds=iou.flatten(0, 1),
@@ -433,7 +520,10 @@ class MaskGenerator:
             **pin_provenance(self.instrument, self.pin),
             "output_kind": "masks",
             "output_dtype": "bool",
-            "model_class": "SamModel",
+            "model_class": type(self.model).__name__,
+            "processor_class": type(self.processor).__name__,
+            "weights_format": self.preprocess_spec["weights_format"],
+            "prompt_output": self.architecture.prompt_output,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "preprocess_tag": self.preprocess_tag,

@@ -30,7 +30,7 @@ FAMILIES = (
     "wikiart", "emotion", "places365", "tesseract", "trocr", "blip", "blip2", "florence2",
     "qwen2-vl", "convnet",
 )  # fmt: skip
-SOURCES = ("hf", "tesseract", "torchvision", "demo")
+SOURCES = ("hf", "tesseract", "torchvision", "demo", "url")
 OUTPUT_KINDS = (
     "vector", "logits", "masks", "class-map", "mask", "boxes+logits", "scalar", "text",
     "text+boxes",
@@ -38,6 +38,9 @@ OUTPUT_KINDS = (
 
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A weight file published at a plain URL: http(s), ending in the file's name.
+_WEIGHT_URL_RE = re.compile(r"^https?://[^/\s]+/(?:[^\s?#]*/)?[\w.-]+$")
 
 _REMEDIES = {
     "pin": "run `awb pin {id}`",
@@ -100,6 +103,8 @@ class Instrument:
     trust_remote_code: bool = False  # honoured by loaders only together with a pinned sha
     weight_id: str | None = None
     library_version: str | None = None
+    url: str | None = None  # source "url": where the weight file is published
+    file_sha256: str | None = None  # source "url": sha256 of that file; its pins carry this sha
     aliases: tuple[str, ...] = ()
     demo: bool = False
 
@@ -112,6 +117,11 @@ class Instrument:
     def names(self) -> tuple[str, ...]:
         """Every name this instrument answers to: id, key, aliases."""
         return (self.id, self.key, *self.aliases)
+
+    @property
+    def weight_file(self) -> str | None:
+        """The file name of a ``source = "url"`` weight file: the last segment of its URL."""
+        return self.url.rsplit("/", 1)[-1] if self.url else None
 
 
 @dataclass(frozen=True)
@@ -290,6 +300,7 @@ _FIELD_TYPES: dict[str, str] = {
     "dim_config_field": _STR, "size_config_field": _STR, "preprocessing": _STR,
     "failure_modes": _STRS, "notes": _STR, "sealed_runs": _BOOL, "trust_remote_code": _BOOL,
     "weight_id": _STR, "library_version": _STR, "aliases": _STRS, "demo": _BOOL,
+    "url": _STR, "file_sha256": _STR,
 }  # fmt: skip
 _REQUIRED = ("id", "key", "family", "role", "section", "source")
 
@@ -358,6 +369,14 @@ def _parse_instrument(table: Mapping[str, Any], index: int, path: Path) -> Instr
         for field in ("weight_id", "library_version"):
             if field not in values:
                 raise fail(field, "required for torchvision weights (seed section 11)")
+    for field in ("url", "file_sha256"):
+        if (field in values) != (values["source"] == "url"):
+            raise fail(field, "required exactly when source = \"url\" (a weight file pinned by its sha256)")
+    if values["source"] == "url":
+        if not _WEIGHT_URL_RE.match(values["url"]):
+            raise fail("url", f"{values['url']!r} is not an http(s) URL ending in the weight file's name")
+        if not _SHA256_RE.match(values["file_sha256"]):
+            raise fail("file_sha256", f"{values['file_sha256']!r} is not a 64-hex lower-case sha256")
     for config_field, declared in (
         ("dim_config_field", "expected_dim"),
         ("size_config_field", "input_size"),

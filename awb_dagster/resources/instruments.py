@@ -8,9 +8,11 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
+from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.pins import weight_files_dir
 from awb_dagster.resources.home import AwbHome
 from awb_dagster.resources.hub import HubResource
 
@@ -84,10 +86,10 @@ class InstrumentsResource(dg.ConfigurableResource):
         return self.home.registry().get(pin.model_id).instrument.family
 
     def mask_generator(self, pin_key: str, settings: GeneratorSettings) -> MaskGenerator:
-        """The loaded SAM mask generator for ``pin_key`` with ``settings``, after the gates."""
+        """The loaded mask generator for a SAM or SAM-HQ ``pin_key`` with ``settings``, after the gates."""
         key = (pin_key, settings)
         if key not in self._generators:
-            instrument, pin = self._admitted(pin_key, "sam")
+            instrument, pin = self._admitted(pin_key, *SAM_FAMILIES)
             self._generators[key] = MaskGenerator(
                 instrument,
                 pin,
@@ -95,11 +97,12 @@ class InstrumentsResource(dg.ConfigurableResource):
                 device=self.torch.device,
                 dtype=self.torch.dtype,
                 cache_dir=self.home.paths.hf_cache,
+                weights_dir=weight_files_dir(self.home.paths.root),
                 local_files_only=self.hub.offline,
             )
         return self._generators[key]
 
-    def _admitted(self, pin_key: str, family: str) -> tuple[Instrument, Pin]:
+    def _admitted(self, pin_key: str, *families: str) -> tuple[Instrument, Pin]:
         registry = self.home.registry()
         pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
         if pin is None:
@@ -108,8 +111,8 @@ class InstrumentsResource(dg.ConfigurableResource):
                 "pin the model first (`awb pin MODEL`)"
             )
         entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
-        if entry.instrument.family != family:
-            raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {family}")
+        if entry.instrument.family not in families:
+            raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {' or '.join(families)}")
         return entry.instrument, pin
 
     @property

@@ -4,9 +4,12 @@ EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2")
 SEGMENTATION_FAMILIES = ("sam",)
 # Registry families the SAM adapter runs: their pins share the sam pins partition (sam_masks).
 SAM_FAMILIES = ("sam", "sam-hq")
+# Semantic segmentation (class maps with label names): kept apart from the class-agnostic masks.
+SEMANTIC_FAMILIES = ("mask2former",)
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"
+GROUP_SEMANTIC = "semantic"
 GPU_POOL = "gpu"
 PLATE_DIMENSION = "plate"
 PIN_DIMENSION = "pin"

@@ -18,6 +18,7 @@ from awb_dagster.assets.drift import pin_drift_report
 from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_sensor, with_embedding_automation
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
 from awb_dagster.assets.segmentation import sam_masks
+from awb_dagster.assets.semantic import SEMANTIC_JOB, with_semantic_automation
 from awb_dagster.paths import resolve_home
 from awb_dagster.assets.regions import segment_embeddings, tile_embeddings
 from awb_dagster.runner import SAM_MASKS_JOB, SEGMENT_EMBEDDINGS_JOB, TILE_EMBEDDINGS_JOB, family_job_name
@@ -83,6 +84,14 @@ def build_definitions(
         automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
     )
     jobs += [dg.define_asset_job(SAM_MASKS_JOB, selection=segmentation_assets)]
+    # Semantic segmentation (Mask2Former): the same automation for the pins the license gate admits
+    # (its `other` license needs the opt-in), its own job; kept apart from sam_masks.
+    semantic_assets = with_semantic_automation(
+        resources["home"].paths.lock,
+        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
+        resources["instruments"].license_opt_in,
+    )
+    jobs += [dg.define_asset_job(SEMANTIC_JOB, selection=semantic_assets)]
     # Region embeddings: backfilled per (embedding pin, SAM pin) or per embedding pin, no automation
     # (their pin dimension pairs pins, which the family automation condition does not read).
     region_assets = [segment_embeddings, tile_embeddings]
@@ -91,7 +100,7 @@ def build_definitions(
         dg.define_asset_job(TILE_EMBEDDINGS_JOB, selection=[tile_embeddings]),
     ]
     return dg.Definitions(
-        assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *region_assets, *ATLAS_ASSETS, pin_drift_report],
+        assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *semantic_assets, *region_assets, *ATLAS_ASSETS, pin_drift_report],
         jobs=jobs,
         schedules=[
             pin_status_schedule(pin_status_cron or os.environ.get("AWB_PIN_STATUS_CRON", DEFAULT_PIN_STATUS_CRON))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -26,6 +26,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-dinov2": "dinov2",
     "awb-demo/tiny-sam": "sam",
     "awb-demo/tiny-sam-hq": "sam-hq",
+    "awb-demo/tiny-mask2former": "mask2former",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
@@ -34,9 +35,13 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
     "dinov2": "image-feature-extraction",
     "sam": "mask-generation",
     "sam-hq": "mask-generation",
+    "mask2former": "image-segmentation",
 }
 
 DEMO_LICENSE = "apache-2.0"
+# Demo repos published under another license: tiny-mask2former carries the real model's flagged
+# `other`, so the opt-in gate is exercised offline.
+DEMO_REPO_LICENSES: dict[str, str] = {"awb-demo/tiny-mask2former": "other"}
 
 # Shared tiny transformer geometry: 2 layers, 4 heads, small MLP.
 _TINY_ENCODER = {"num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
@@ -148,12 +153,46 @@ def _tiny_sam_hq() -> tuple[object, object]:
     return SamHQModel(config), SamHQProcessor(image_processor=image_processor)
 
 
+# The first ten ADE20K class names at their ADE20K ids (facebook/mask2former-*-ade-semantic id2label).
+_ADE20K_FIRST_LABELS = ("wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass")
+
+
+def _tiny_mask2former() -> tuple[object, object]:
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    # A Swin backbone as in facebook/mask2former-swin-*; the pixel decoder's GroupNorm(32) needs
+    # feature sizes divisible by 32. init_std 1.0 (not 0.02) gives random-weight class maps with
+    # several classes, so the area tables and previews have something to show.
+    backbone = SwinConfig(
+        image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    config = Mask2FormerConfig(
+        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
+        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=8, init_std=1.0,
+        id2label=dict(enumerate(_ADE20K_FIRST_LABELS)), label2id={n: i for i, n in enumerate(_ADE20K_FIRST_LABELS)},
+    )  # fmt: skip
+    # Same recipe as the ADE20K semantic checkpoints: shortest-edge resize with a longest-edge cap,
+    # sides rounded up to a multiple of 32, ImageNet statistics, ADE's reduced labels.
+    processor = Mask2FormerImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 256}, size_divisor=32, ignore_index=255, do_reduce_labels=True,
+        num_labels=len(_ADE20K_FIRST_LABELS), image_mean=_IMAGENET_MEAN, image_std=_IMAGENET_STD,
+    )  # fmt: skip
+    return Mask2FormerForUniversalSegmentation(config), processor
+
+
 _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "clip": _tiny_clip,
     "siglip": _tiny_siglip,
     "dinov2": _tiny_dinov2,
     "sam": _tiny_sam,
     "sam-hq": _tiny_sam_hq,
+    "mask2former": _tiny_mask2former,
 }
 
 
@@ -181,7 +220,7 @@ def publish_demo_repos(
         repo_id: hub.add_commit(
             repo_id,
             build_tiny_repo(kind, seed=seed),
-            license=DEMO_LICENSE,
+            license=DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE),
             pipeline_tag=DEMO_PIPELINE_TAGS[kind],
             library_name="transformers",
         )

@@ -291,3 +291,74 @@ def check_tile_cover(
         if not covered.all():
             fail("", f"{int((~covered).sum())} of {width * height} plate pixels are in no tile")
     return {outcome.name: outcome}
+
+
+CLASS_MAP_DECODES_TO_PLATE_SIZE = "class_map_decodes_to_plate_size"
+CLASS_AREAS_SUM_TO_PLATE = "class_areas_sum_to_plate"
+
+CLASS_MAP_CHECK_DESCRIPTIONS = {
+    CLASS_MAP_DECODES_TO_PLATE_SIZE: "Every plate's class map PNG hashes to the `class_map_sha256` its "
+    "class-area rows name and decodes to the plate's height × width.",
+    CLASS_AREAS_SUM_TO_PLATE: "Every plate's class-area rows list exactly the record ids its manifest "
+    "names, count the class map's pixels per class, and sum to the plate area (fractions to 1).",
+}
+
+
+def check_class_map_pairs(
+    pairs: Sequence[SealedPair], plate_sizes: Mapping[str, tuple[int, int]]
+) -> dict[str, CheckOutcome]:
+    """Decode every class map of ``pairs`` and recount its areas; ``plate_sizes`` maps plate
+    sha256 -> (height, width)."""
+    from awb_dagster.instruments.semantic import decode_class_map
+    from awb_dagster.provenance.store import sha256_file
+
+    decodes = CheckOutcome(CLASS_MAP_DECODES_TO_PLATE_SIZE)
+    sums = CheckOutcome(CLASS_AREAS_SUM_TO_PLATE)
+    for pair in pairs:
+        name = f"{pair.run_id}/{pair.artifact}"
+        decodes.checked += 1
+        sums.checked += len(pair.record_ids)
+
+        def fail(
+            outcome: CheckOutcome, detail: str, record: str = "", pair: SealedPair = pair, name: str = name
+        ) -> None:
+            outcome.failures.append(Failure(name, detail, record, pair.plate_id))
+
+        try:
+            rows = pq.read_table(pair.artifact_path).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            fail(decodes, f"artifact cannot be read ({type(exc).__name__}: {exc})")
+            fail(sums, f"artifact cannot be read ({type(exc).__name__}: {exc})")
+            continue
+        if Counter(r["record_id"] for r in rows) != Counter(pair.record_ids):
+            fail(sums, f"record ids differ: {len(rows)} in the artifact, {len(pair.record_ids)} in the manifest")
+        maps = {(r["class_map_path"], r["class_map_sha256"]) for r in rows}
+        if len(maps) != 1:
+            fail(decodes, f"the rows name {len(maps)} class maps, not one")
+            continue
+        ((relpath, digest),) = maps
+        path = pair.artifact_path.parent / relpath
+        try:
+            actual = sha256_file(path)
+            class_ids = decode_class_map(path)
+        except (OSError, ValueError) as exc:
+            fail(decodes, f"{relpath} cannot be read or decoded ({type(exc).__name__}: {exc})")
+            continue
+        expected = plate_sizes.get(pair.plate_sha256)
+        if actual != digest:
+            fail(decodes, f"{relpath} has sha256 {actual[:12]}, the rows name {digest[:12]}")
+        elif expected is None or class_ids.shape != expected:
+            fail(decodes, f"{relpath} decodes to {class_ids.shape}, the plate is {expected} (height, width)")
+        counts = np.bincount(class_ids.ravel())
+        for row in rows:
+            decoded = int(counts[row["class_id"]]) if row["class_id"] < len(counts) else 0
+            if decoded != row["pixel_count"]:
+                detail = f"class {row['class_id']}: {row['pixel_count']} pixels listed, {decoded} in the map"
+                fail(sums, detail, row["record_id"])
+        listed = sum(r["pixel_count"] for r in rows)
+        if listed != class_ids.size or (expected is not None and listed != expected[0] * expected[1]):
+            fail(sums, f"pixel counts sum to {listed}; the map has {class_ids.size} pixels, the plate {expected}")
+        fractions = sum(r["area_fraction"] for r in rows)
+        if not abs(fractions - 1.0) <= 1e-9:
+            fail(sums, f"area fractions sum to {fractions!r}, not 1")
+    return {decodes.name: decodes, sums.name: sums}

@@ -123,3 +123,25 @@ def mask_table(rows: list[dict]) -> pa.Table:
     """Build a mask artifact table (possibly empty: a plate where no mask passed the filters)."""
     schema = mask_schema()
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def class_area_schema() -> pa.Schema:
+    """Schema of a class-area artifact: one row per class present on a plate's semantic class map
+    (field meanings: ``awb_dagster.instruments.semantic``)."""
+    return pa.schema(
+        [
+            *RECORD_FIELDS,
+            ("scope", pa.string()),  # "plate": the classes of the whole plate
+            ("class_id", pa.int32()),
+            ("label", pa.string()),
+            ("pixel_count", pa.int64()),
+            ("area_fraction", pa.float64()),
+            ("class_map_path", pa.string()),  # the class map PNG, relative to the run directory
+            ("class_map_sha256", pa.string()),  # sha256 of that PNG file
+        ]
+    )
+
+
+def class_area_table(rows: list[dict]) -> pa.Table:
+    """Build a class-area artifact table (every plate has at least one class)."""
+    return pa.Table.from_pylist(rows, schema=class_area_schema())

@@ -9,6 +9,7 @@ segment-anything's own ``.pth`` format published as a plain file (``/files/<name
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -51,8 +52,6 @@ def registry() -> Registry:
 
 def _decoded_rows(generator: MaskGenerator, plate: Path) -> tuple[list[dict], tuple[int, int]]:
     """Mask records of ``plate`` and the plate's (height, width)."""
-    import hashlib
-
     sha = hashlib.sha256(plate.read_bytes()).hexdigest()
     image, opaque = load_plate(plate, sha, max_pixels=50_000_000)
     rows = mask_rows(
@@ -93,14 +92,14 @@ def test_sam_hq_masks_decode_to_plate_size(hq_generator: MaskGenerator) -> None:
     assert len(rows) <= PERMISSIVE["points_per_side"] ** 2
 
 
-def test_sam_hq_names_its_model_class(hq_generator: MaskGenerator, registry: Registry) -> None:
+def test_sam_hq_names_its_model_class(hq_generator: MaskGenerator) -> None:
     described = hq_generator.describe()
     assert (described["model_class"], described["processor_class"]) == ("SamHQModel", "SamHQProcessor")
     assert described["family"] == "sam-hq"
     assert "model=SamHQModel:hub-safetensors:out=best-of-multimask+hq-token;" in hq_generator.preprocess_tag
 
 
-def test_a_sam_hq_repo_is_refused_as_sam(hq_generator: MaskGenerator, registry: Registry) -> None:
+def test_a_sam_hq_repo_is_refused_as_sam(hq_generator: MaskGenerator) -> None:
     # A roster entry naming the wrong family must not load SamModel with random decoder weights.
     as_sam = dataclasses.replace(hq_generator.instrument, family="sam")
     with pytest.raises(InstrumentError, match=r"SamHQConfig \('sam_hq'\).*runs SamModel; fix the family"):
@@ -220,7 +219,8 @@ def test_a_weight_file_changed_on_disk_is_refused(original: OriginalSource, mirr
     path = fetch_weight_file(original.instrument, original.sha256, weights_dir=tmp_path)
     content = path.read_bytes()
     path.write_bytes(content[:100] + bytes([content[100] ^ 0xFF]) + content[101:])
-    with pytest.raises(WeightShaMismatchError, match=rf"{path}: sha256 is [0-9a-f]{{64}}, expected {original.sha256}.*delete it"):
+    expected = rf"{path}: sha256 is [0-9a-f]{{64}}, expected {original.sha256}.*delete it"
+    with pytest.raises(WeightShaMismatchError, match=expected):
         fetch_weight_file(original.instrument, original.sha256, weights_dir=tmp_path)
 
 
@@ -262,7 +262,7 @@ def test_masks_from_the_original_checkpoint(
 
 
 def test_a_pin_whose_file_the_source_no_longer_serves_is_refused(
-    original: OriginalSource, mirror: str, registry: Registry, tmp_path: Path
+    original: OriginalSource, mirror: str, tmp_path: Path
 ) -> None:
     pin = capture_pin(original.instrument, weights_dir=tmp_path)
     wrong = dataclasses.replace(pin, sha="0" * 64)
@@ -291,7 +291,7 @@ source = "{source}"
         ("url", 'url = "https://example.org/sam.pth"', r"'file_sha256': required exactly when source = \"url\""),
         ("url", f'file_sha256 = "{"a" * 64}"', r"'url': required exactly when source = \"url\""),
         ("url", f'url = "ftp://example.org/sam.pth"\nfile_sha256 = "{"a" * 64}"', r"'url': .* not an http\(s\) URL"),
-        ("url", f'url = "https://example.org/sam.pth"\nfile_sha256 = "{"A" * 64}"', r"'file_sha256': .* 64-hex lower-case"),
+        ("url", f'url = "https://example.org/x.pth"\nfile_sha256 = "{"A" * 64}"', r"'file_sha256': .* 64-hex lower-case"),
         ("tesseract", 'url = "https://example.org/sam.pth"', r"'url': required exactly when source = \"url\""),
     ],
 )

@@ -423,7 +423,9 @@ class MaskGenerator:
             # Masks come sorted by predicted IoU: the first is SAM-HQ's best-of-multimask + HQ mask.
             pred_masks, iou_scores = output.pred_masks[:, :, :1], output.iou_scores[:, :, :1]
         else:
-            output = self.model(**embeddings, input_points=input_points, input_labels=input_labels, multimask_output=True)
+            output = self.model(
+                **embeddings, input_points=input_points, input_labels=input_labels, multimask_output=True
+            )
             pred_masks, iou_scores = output.pred_masks, output.iou_scores
         logits = self.processor.post_process_masks(
             pred_masks.float(), inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False

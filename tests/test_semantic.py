@@ -182,6 +182,20 @@ def test_capped_class_map_is_upscaled_to_plate_size(segmenter):
     assert capped.segment(image).class_ids.shape == (41, 97)
 
 
+def test_a_processor_config_transformers_cannot_use_fails_at_load(segmenter, loopback_hub):
+    from awb_dagster.demo.checkpoints import build_tiny_repo
+
+    files = build_tiny_repo("mask2former")
+    config = json.loads(files["preprocessor_config.json"])
+    config["size"] = 64  # a legacy integer size without max_size: no longest edge to resize by
+    files["preprocessor_config.json"] = json.dumps(config).encode()
+    repo = "awb-test/legacy-size-mask2former"
+    sha = loopback_hub.hub.add_commit(repo, files, license="other")
+    instrument = replace(segmenter.instrument, id=repo)
+    with pytest.raises(InstrumentError, match=rf"{repo}@{sha}: its image processor config cannot preprocess"):
+        SemanticSegmenter(instrument, replace(segmenter.pin, model_id=repo, sha=sha), device="cpu")
+
+
 def test_bfloat16_weights_give_a_class_map_at_plate_size(segmenter):
     # bfloat16 is the default on CUDA; the scores are post-processed in float32 all the same.
     half = SemanticSegmenter(segmenter.instrument, segmenter.pin, device="cpu", dtype="bfloat16")

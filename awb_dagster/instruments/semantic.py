@@ -190,6 +190,7 @@ class SemanticSegmenter:
             "local_files_only": local_files_only,
         }
         self.processor, self.model = self._load()
+        self._probe_processor()
         id2label = self.model.config.id2label
         self.num_labels = self.model.config.num_labels  # the argmax runs over ids 0..num_labels-1
         self.class_map_dtype = class_map_dtype(self.num_labels)
@@ -232,6 +233,17 @@ class SemanticSegmenter:
         except ImportError as exc:  # Mask2FormerForUniversalSegmentation builds its loss, which needs scipy
             raise InstrumentError(f"{model_id}: {exc}".strip()) from exc
         return processor, model.eval().to(self.device)
+
+    def _probe_processor(self) -> None:
+        """Fail at load, naming the pin, when the pinned processor config cannot preprocess a plate
+        (e.g. a legacy integer ``size`` without ``max_size``, which transformers 5 cannot resize by)."""
+        try:
+            self.processor(images=Image.new("RGB", (48, 32), (127, 127, 127)), return_tensors="pt")
+        except ValueError as exc:
+            raise InstrumentError(
+                f"{self.instrument.id}@{self.pin.sha}: its image processor config cannot preprocess a plate "
+                f"({exc}); pin a revision whose preprocessor_config.json transformers can use"
+            ) from exc
 
     @torch.inference_mode()
     def segment(self, image: Image.Image, opaque: np.ndarray | None = None) -> ClassMap:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from awb_dagster.constants import EMBEDDING_FAMILIES, SEGMENTATION_FAMILIES
+from awb_dagster.constants import EMBEDDING_FAMILIES, SEGMENTATION_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.paths import REPO_ROOT, HomePaths, resolve_home
 
 
@@ -223,7 +223,7 @@ def cmd_run(args) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
-    from awb_dagster.runner import materialize_family, materialize_masks, materialize_regions
+    from awb_dagster.runner import materialize_family, materialize_masks, materialize_regions, materialize_semantic
 
     paths = HomePaths(resolve_home(args.home))
     os.environ["AWB_HOME"] = str(paths.root)
@@ -244,6 +244,8 @@ def cmd_run(args) -> int:
             runs = materialize_regions(defs, instance, region_scope, pin_key, plates, config={"force": args.force})
         elif args.family == "sam":
             runs = materialize_masks(defs, instance, pin_key, plates, config={"force": args.force})
+        elif args.family in SEMANTIC_FAMILIES:
+            runs = materialize_semantic(defs, instance, pin_key, plates, config={"force": args.force})
         else:
             runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
         for run in runs:
@@ -267,6 +269,9 @@ def _record_shape(info: dict) -> str:
     mask = info.get("mask")
     if mask:
         return f"mask area {mask['area']}, bbox XYWH {mask['bbox']}"
+    semantic = info.get("class")
+    if semantic:
+        return f"class {semantic['class_id']} {semantic['label']!r}, {semantic['pixel_count']} pixels"
     return f"{info['vector_dim']}-d"
 
 
@@ -400,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         required=True,
-        choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, "segment", "tile"],
-        help="an embedding family, sam, or segment/tile (region embeddings)",
+        choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, "segment", "tile"],
+        help="an embedding family, sam (SAM and SAM-HQ pins), mask2former (semantic class maps; its "
+        "`other` license needs AWB_LICENSE_OPT_IN), or segment/tile (region embeddings)",
     )
     p.add_argument(
         "--pin",

@@ -18,10 +18,10 @@ from awb_dagster.assets.drift import pin_drift_report
 from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_sensor, with_embedding_automation
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
 from awb_dagster.assets.segmentation import sam_masks
-from awb_dagster.assets.semantic import SEMANTIC_JOB, with_semantic_automation
+from awb_dagster.assets.semantic import with_semantic_automation
 from awb_dagster.paths import resolve_home
 from awb_dagster.assets.regions import segment_embeddings, tile_embeddings
-from awb_dagster.runner import SAM_MASKS_JOB, SEGMENT_EMBEDDINGS_JOB, TILE_EMBEDDINGS_JOB, family_job_name
+from awb_dagster.runner import SAM_MASKS_JOB, SEMANTIC_JOB, SEGMENT_EMBEDDINGS_JOB, TILE_EMBEDDINGS_JOB, family_job_name
 from awb_dagster.resources import AwbHome, HubResource, InstrumentsResource, TorchResource
 
 

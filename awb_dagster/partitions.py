@@ -35,7 +35,6 @@ pins_partition_families: dict[str, tuple[str, ...]] = {
 }
 
 
-
 def plate_pin_partitions(family: str) -> dg.MultiPartitionsDefinition:
     """plate × pin. Dimensions sort by name, so keys read ``<pin>|<plate>``."""
     return dg.MultiPartitionsDefinition(

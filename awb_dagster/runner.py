@@ -13,6 +13,7 @@ from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITI
 
 SAM_MASKS_JOB = "sam_masks_job"
 SEGMENT_EMBEDDINGS_JOB = "segment_embeddings_job"
+SEMANTIC_JOB = "semantic_segmentation_job"
 TILE_EMBEDDINGS_JOB = "tile_embeddings_job"
 
 
@@ -79,6 +80,22 @@ def materialize_masks(
     the asset's run config (generator settings, ``force``)."""
     return materialize_pin_ranges(
         defs, instance, SAM_MASKS_JOB, "sam_masks", config or {}, pin_key, plate_ids, log_level=log_level
+    )
+
+
+def materialize_semantic(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    pin_key: str,
+    plate_ids: Sequence[str] | None = None,
+    *,
+    config: dict | None = None,
+    log_level: str = "INFO",
+) -> list[RangeRun]:
+    """Run ``semantic_segmentation`` for one Mask2Former pin over ``plate_ids`` (default: all
+    plates); ``config`` is the asset's run config (``force``, ``max_label_side``)."""
+    return materialize_pin_ranges(
+        defs, instance, SEMANTIC_JOB, "semantic_segmentation", config or {}, pin_key, plate_ids, log_level=log_level
     )
 
 

@@ -47,7 +47,7 @@ def test_registry_show_dead_alias_says_what_to_use(capsys, tmp_path, alias, hint
 def test_registry_list_json_and_check(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "registry", "list", "--json", "--home", str(tmp_path))
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 52
+    assert code == 0 and len(rows) == 57  # 41 hub ids, Tesseract, 6 torchvision, 3 original SAM files, 6 demo
     assert set(rows[0]) == {"id", "family", "role", "status", "license", "pin"}
     assert {r["status"] for r in rows} == {"ideas"}  # nothing is pinned in a fresh home
     code, out, _ = run_cli(capsys, "registry", "check", "--home", str(tmp_path))
@@ -131,7 +131,9 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
     regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
-                            "topology-report", "sam-masks", *regions])  # fmt: skip
+                            "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions])  # fmt: skip
+    assert "\nsam masks demo-tiny-sam-hq@" in out
+    assert "\nsemantic segmentation demo-tiny-mask2former@" in out and " classes (" in out
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
     assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
 
@@ -144,6 +146,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     lock = json.loads((tmp_path / "home" / "pins.lock.json").read_text())
     assert {model: len(pins) for model, pins in lock["pins"].items()} == {
         "awb-demo/tiny-clip": 1, "awb-demo/tiny-siglip": 1, "awb-demo/tiny-dinov2": 1, "awb-demo/tiny-sam": 1,
+        "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1,
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]

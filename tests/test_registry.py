@@ -83,6 +83,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-dinov2": ("dinov2", 40, 28),
     "awb-demo/tiny-sam": ("sam", None, 64),
     "awb-demo/tiny-sam-hq": ("sam-hq", None, 64),
+    "awb-demo/tiny-mask2former": ("mask2former", None, 64),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -236,7 +237,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq"))
+    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former"))
     if inst.output_kind == "vector":
         assert inst.expected_dim
 
@@ -255,7 +256,8 @@ def test_torchvision_weight_ids_are_real(registry: Registry, model_id: str, dim:
 def test_demo_instruments(registry: Registry, model_id: str, expected: tuple) -> None:
     inst = registry.get(model_id).instrument
     assert (inst.family, inst.expected_dim, inst.input_size) == expected
-    assert inst.demo and inst.source == "demo" and inst.license == "apache-2.0"
+    # The tiny Mask2Former carries the real model's `other` license, so the demo exercises the opt-in.
+    assert inst.demo and inst.source == "demo" and inst.license == ("other" if inst.family == "mask2former" else "apache-2.0")
     assert inst.failure_modes == ("random weights: outputs carry no meaning",)
 
 

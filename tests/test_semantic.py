@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from awb_dagster.assets.plates import scan_plates, sync_partitions
-from awb_dagster.assets.semantic import SEMANTIC_ASSET, SEMANTIC_JOB, artifact_relpaths
+from awb_dagster.assets.semantic import SEMANTIC_ASSET, artifact_relpaths
+from awb_dagster.runner import SEMANTIC_JOB
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo.checkpoints import _ADE20K_FIRST_LABELS
 from awb_dagster.instance import open_instance

@@ -42,11 +42,10 @@ from awb_dagster.provenance.checks import CLASS_MAP_CHECK_DESCRIPTIONS, check_cl
 from awb_dagster.provenance.records import class_area_table
 from awb_dagster.provenance.store import OpenRun, SealedPair
 from awb_dagster.registry.lock import Pin, PinLock
-from awb_dagster.registry.model import LicenseOptInError, Registry, RegistryError
+from awb_dagster.registry.model import Registry, RegistryError
 from awb_dagster.resources import AwbHome, InstrumentsResource
 
 SEMANTIC_ASSET = "semantic_segmentation"
-SEMANTIC_JOB = "semantic_segmentation_job"
 FAMILY = "mask2former"
 PREVIEW_MAX_SIDE = 256  # the preview is inlined in the event log: keep it small
 TOP_CLASSES = 10  # rows of the per-partition top classes table
@@ -96,30 +95,6 @@ def artifact_relpaths(table_relpath: str) -> tuple[str, str]:
     (``class-areas-00003.parquet`` -> ``class-map-00003.png``, ``preview-00003.png``)."""
     part = table_relpath.removeprefix("class-areas-").removesuffix(".parquet")
     return f"class-map-{part}.png", f"preview-{part}.png"
-
-
-def load_segmenter(instruments: InstrumentsResource, pin_key: str, settings: SegmenterSettings) -> SemanticSegmenter:
-    """The Mask2Former segmenter for ``pin_key`` after the admission and license gates. A flagged
-    license without opt-in fails the step, saying how this code location takes the opt-in."""
-    try:
-        instrument, pin = instruments._admitted(pin_key, FAMILY)
-    except LicenseOptInError as exc:
-        pin = PinLock.load(instruments.home.paths.lock).find_key(pin_key)
-        key = instruments.home.registry().get(pin.model_id).instrument.key
-        raise dg.Failure(
-            description=f"{exc}. In this code location the opt-in is the instruments resource's "
-            f"`license_opt_in`, read from the environment: set AWB_LICENSE_OPT_IN={key} (a comma list) "
-            "for `dagster dev`, `awb ui` and `awb run`, then re-run."
-        ) from exc
-    return SemanticSegmenter(
-        instrument,
-        pin,
-        settings,
-        device=instruments.torch.device,
-        dtype=instruments.torch.dtype,
-        cache_dir=instruments.home.paths.hf_cache,
-        local_files_only=instruments.hub.offline,
-    )
 
 
 def _top_classes(rows: list[dict[str, Any]], colors: dict[int, tuple[int, int, int]]) -> dg.TableMetadataValue:
@@ -246,7 +221,7 @@ def _semantic_segmentation(
     loads = 0
     partitions_def = context.assets_def.partitions_def
     for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
-        segmenter = load_segmenter(instruments, pin_key, settings)
+        segmenter = instruments.semantic_segmenter(pin_key, settings)
         loads += 1
         sealed = {} if config.force else store.sealed_pairs(pin_key)
         todo: list[Plate] = []

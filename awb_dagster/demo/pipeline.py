@@ -64,7 +64,12 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
 
         instance = open_instance(paths)
         sync_partitions(instance, home_resource)
-        defs = build_definitions(home=str(paths.root), endpoint=endpoint, offline=False)
+        # The tiny Mask2Former carries the real model's `other` license: the demo opts in for it,
+        # exactly as a user opts in for a flagged model (AWB_LICENSE_OPT_IN).
+        opt_in = [i.strip() for i in os.environ.get("AWB_LICENSE_OPT_IN", "").split(",") if i.strip()]
+        opt_in.append(DEMO_SEMANTIC_OPT_IN)
+        _say(f"license opt-in: {', '.join(opt_in)} (license `other`; see `awb registry show {DEMO_SEMANTIC_OPT_IN}`)")
+        defs = build_definitions(home=str(paths.root), endpoint=endpoint, offline=False, license_opt_in=opt_in)
         registry = Registry.load(lock_path=paths.lock)
         summary = []
         plate_ids = list(catalog.plates)
@@ -99,6 +104,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         segment_record = _region_summary(defs, instance, registry, home_resource)
         if segment_record is None:
+            return 1
+        if not _semantic_summary(defs, instance, registry):
             return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
@@ -157,7 +164,7 @@ def _sam_summary(defs, instance, registry) -> bool:
 
     from awb_dagster.runner import materialize_masks
 
-    for entry in registry.family("sam"):
+    for entry in [*registry.family("sam"), *registry.family("sam-hq")]:
         if not entry.instrument.demo or entry.active_pin is None:
             continue
         pin_key = entry.active_pin.key
@@ -204,7 +211,7 @@ def _region_summary(defs, instance, registry, home_resource) -> str | None:
 
     store = home_resource.store()
     rows, first_segment = [], ""
-    jobs = [("segment", segment_pin_key(e, s), DEMO_SEGMENT_CONFIG) for e in demo_pins(("clip", "dinov2")) for s in demo_pins(("sam", "sam-hq"))]
+    jobs = [("segment", segment_pin_key(e, s), DEMO_SEGMENT_CONFIG) for e in demo_pins(("clip", "dinov2")) for s in demo_pins(("sam",))]
     jobs += [("tile", e, DEMO_TILE_CONFIG) for e in demo_pins(("clip", "dinov2"))]
     for scope, key, config in jobs:
         started = time.perf_counter()
@@ -223,3 +230,35 @@ def _region_summary(defs, instance, registry, home_resource) -> str | None:
     _say(f"\nregion embeddings (segments: {DEMO_SEGMENT_CONFIG}, tiles: {DEMO_TILE_CONFIG}):")
     _say(_table(rows, ["asset", "key", "plates", "records", "seconds"]))
     return first_segment
+
+
+DEMO_SEMANTIC_OPT_IN = "demo-tiny-mask2former"
+
+
+def _semantic_summary(defs, instance, registry) -> bool:
+    """Materialize ``semantic_segmentation`` for each demo Mask2Former pin; print the top classes."""
+    import dagster as dg
+
+    from awb_dagster.runner import materialize_semantic
+
+    for entry in registry.family("mask2former"):
+        if not entry.instrument.demo or entry.active_pin is None:
+            continue
+        pin_key = entry.active_pin.key
+        started = time.perf_counter()
+        runs = materialize_semantic(defs, instance, pin_key)
+        if not all(run.success for run in runs):
+            _say(f"FAILED: semantic_segmentation {pin_key}; see the Dagster run {runs[-1].dagster_run_id}")
+            return False
+        _say(f"\nsemantic segmentation {pin_key} ({time.perf_counter() - started:.1f} s; class maps kept apart from SAM masks):")
+        latest = {}
+        for record in instance.fetch_materializations(dg.AssetKey("semantic_segmentation"), limit=1000).records:
+            materialization = record.asset_materialization  # newest first
+            latest.setdefault(materialization.partition, materialization.metadata)
+        for _, metadata in sorted(latest.items()):
+            if metadata["pin"].value != pin_key:
+                continue
+            top = [row.data for row in metadata["top_classes"].value.records][:3]
+            classes = ", ".join(f"{row['label']} {row['area_fraction']:.0%}" for row in top)
+            _say(f"  {metadata['plate_id'].value}: {metadata['class_count'].value} classes ({classes})")
+    return True

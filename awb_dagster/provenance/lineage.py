@@ -35,6 +35,10 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         "region_ref": record.get("region_ref"),
         "vector_dim": record.get("vector_dim"),
         "mask": {k: record[k] for k in ("mask_sha256", "bbox", "area")} if "mask_sha256" in record else None,
+        # Class-area records (semantic_segmentation): one class of one plate's class map.
+        "class": {k: record[k] for k in ("class_id", "label", "pixel_count", "class_map_path", "class_map_sha256")}
+        if "class_id" in record
+        else None,
         "plate": {
             "plate_id": pair.plate_id,
             "sha256": pair.plate_sha256,

@@ -30,7 +30,6 @@ def tile_pair_key(embedding_pin: str) -> str:
     """The store's pair key of tile records (kept apart from the pin's plate-scope pairs)."""
     return f"{embedding_pin}{REGION_PAIR_SEPARATOR}tiles"
 
-
 _ID_SEPARATOR = "\x1f"  # cannot appear in a sha, tag or region ref, so fields never run together
 
 

@@ -10,8 +10,9 @@ from pydantic import Field, PrivateAttr
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
+from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
 from awb_dagster.registry.lock import Pin, PinLock
-from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.model import Instrument, LicenseOptInError
 from awb_dagster.registry.pins import weight_files_dir
 from awb_dagster.resources.home import AwbHome
 from awb_dagster.resources.hub import HubResource
@@ -50,10 +51,12 @@ class InstrumentsResource(dg.ConfigurableResource):
 
     _loaded: dict[str, ImageEmbedder] = PrivateAttr(default_factory=dict)
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
+    _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
         self._generators = {}
+        self._segmenters = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -102,6 +105,32 @@ class InstrumentsResource(dg.ConfigurableResource):
             )
         return self._generators[key]
 
+    def semantic_segmenter(self, pin_key: str, settings: SegmenterSettings) -> SemanticSegmenter:
+        """The loaded Mask2Former segmenter for ``pin_key`` after the gates. A flagged license
+        without opt-in fails the step, saying how this code location takes the opt-in."""
+        key = (pin_key, settings)
+        if key not in self._segmenters:
+            try:
+                instrument, pin = self._admitted(pin_key, "mask2former")
+            except LicenseOptInError as exc:
+                pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
+                name = self.home.registry().get(pin.model_id).instrument.key
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    f"`license_opt_in`, read from the environment: set AWB_LICENSE_OPT_IN={name} (a comma list) "
+                    "for `dagster dev`, `awb ui` and `awb run`, then re-run."
+                ) from exc
+            self._segmenters[key] = SemanticSegmenter(
+                instrument,
+                pin,
+                settings,
+                device=self.torch.device,
+                dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache,
+                local_files_only=self.hub.offline,
+            )
+        return self._segmenters[key]
+
     def _admitted(self, pin_key: str, *families: str) -> tuple[Instrument, Pin]:
         registry = self.home.registry()
         pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
@@ -118,4 +147,4 @@ class InstrumentsResource(dg.ConfigurableResource):
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        return len(self._loaded) + len(self._generators)
+        return len(self._loaded) + len(self._generators) + len(self._segmenters)

@@ -125,6 +125,7 @@ def cmd_pin(args) -> int:
                 revision=args.revision,
                 endpoint=args.endpoint,
                 token=os.environ.get("HF_TOKEN"),
+                weights_dir=paths.weights,  # url-source weight files live in this home
             )
         except PinError as exc:
             failed += 1

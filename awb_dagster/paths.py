@@ -43,6 +43,11 @@ class HomePaths:
         return self.root / "hf-cache"
 
     @property
+    def weights(self) -> Path:
+        """Weight files pinned by sha256 (``source = "url"``), as ``<sha256>/<file name>``."""
+        return self.root / "weights"
+
+    @property
     def hub(self) -> Path:
         """Where the offline demo keeps the repos its loopback hub serves."""
         return self.root / "demo-hub"

@@ -30,7 +30,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import httpx
 
-from awb_dagster.paths import resolve_home
+from awb_dagster.paths import HomePaths, resolve_home
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -39,7 +39,6 @@ URL_SOURCE = "url"
 # A base URL serving url-source weight files under their own file names (a mirror; the loopback
 # hub in tests) instead of the roster's url.
 WEIGHTS_MIRROR_ENV = "AWB_WEIGHTS_MIRROR"
-WEIGHTS_DIRNAME = "weights"
 _DOWNLOAD_CHUNK = 1 << 20
 DEFAULT_REVISION = "main"
 CONFIG_FILE = "config.json"
@@ -157,7 +156,7 @@ def capture_pin(
 def weight_files_dir(home: Path | str | None = None) -> Path:
     """Where url-source weight files are kept: ``<home>/weights`` (the given home, else
     ``$AWB_HOME``, else ``.awb``)."""
-    return resolve_home(home) / WEIGHTS_DIRNAME
+    return HomePaths(resolve_home(home)).weights
 
 
 def weight_url(instrument: Instrument) -> str:

@@ -9,18 +9,18 @@ every record the step covers, computed or reused, by blocking asset checks.
 
 import time
 import warnings
-from collections import defaultdict
 from typing import Any
 
 import dagster as dg
 import torch
 
-from awb_dagster.constants import GPU_POOL, GROUP_EMBEDDINGS, PIN_DIMENSION, PLATE_DIMENSION, PLATE_FILES_KEY
+from awb_dagster.constants import GPU_POOL, GROUP_EMBEDDINGS, PLATE_FILES_KEY
 from awb_dagster.instruments.embedding import ADAPTER_VERSION, ImageEmbedder
 from awb_dagster.instruments.streaming import prefetch_batches
 from awb_dagster.partitions import plate_pin_partitions
 from awb_dagster.plates.catalog import Plate, PlateCatalog
-from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS, CheckOutcome, check_embedding_pairs
+from awb_dagster.assets.steps import add_partition_metadata, check_results, plate_metadata, split_keys
+from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS, check_embedding_pairs
 from awb_dagster.provenance.records import embedding_table, record_id
 from awb_dagster.provenance.store import Artifact, OpenRun, RunStore, SealedPair
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
@@ -28,57 +28,6 @@ from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 
 class EmbeddingRunConfig(dg.Config):
     force: bool = False  # recompute (plate, pin) pairs that are already in a sealed run
-
-
-def _split_keys(
-    partitions_def: dg.MultiPartitionsDefinition, keys: list[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """Partition keys of this step grouped by pin, as (partition key, plate id)."""
-    by_pin: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key in keys:
-        dims = partitions_def.get_partition_key_from_str(key).keys_by_dimension
-        by_pin[dims[PIN_DIMENSION]].append((key, dims[PLATE_DIMENSION]))
-    return by_pin
-
-
-def add_partition_metadata(
-    context: dg.AssetExecutionContext, metadata_by_key: dict[str, dict[str, Any]]
-) -> None:
-    """Attach metadata to each partition of this step's range.
-
-    ``context.add_asset_metadata(partition_key=...)`` re-resolves the whole partition range
-    from the instance on every call to validate the key: O(n) queries per call, O(n²) per
-    range run (about 20 ms a partition at 200 plates on SQLite). The keys here come from
-    ``context.partition_keys``, so they are valid by construction and are added to the
-    step's metadata accumulator directly; if Dagster's internals change shape, this falls
-    back to the public call.
-    """
-    step = getattr(context.op_execution_context, "_step_execution_context", None)
-    accumulator = getattr(step, "_metadata_accumulator", None)
-    if accumulator is None or not hasattr(accumulator, "with_additional_asset_metadata"):
-        for key, metadata in metadata_by_key.items():
-            context.add_asset_metadata(metadata, partition_key=key)
-        return
-    targeted = set(context.partition_keys)
-    for key, metadata in metadata_by_key.items():
-        if key not in targeted:
-            raise dg.DagsterInvariantViolationError(f"partition {key} is not targeted by this step")
-        accumulator = accumulator.with_additional_asset_metadata(
-            asset_key=context.assets_def.key, metadata=metadata, partition_key=key
-        )
-    step._metadata_accumulator = accumulator
-
-
-def _plate_metadata(plate: Plate) -> dict[str, Any]:
-    return {
-        "plate_id": plate.plate_id,
-        "sha256": plate.sha256,
-        "source_paths": list(plate.source_paths),
-        "width": plate.width,
-        "height": plate.height,
-        "format": plate.format,
-        "mode": plate.mode,
-    }
 
 
 def _partition_metadata(
@@ -170,7 +119,7 @@ class _PinPass:
             rows = [self._row(slot.item, run.run_id) for slot in good]
             artifact = run.write_table("embeddings", embedding_table(rows, vectors))
             for slot, row in zip(good, rows):
-                run.add_plate(_plate_metadata(slot.item))
+                run.add_plate(plate_metadata(slot.item))
                 self._add_pair(run, slot.item, row["record_id"], artifact)
                 done.append(slot.item.plate_id)
             elapsed = time.perf_counter() - started
@@ -232,7 +181,7 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
         problems: list[str] = []
         checked_pairs: list[SealedPair] = []
         declared_dims: dict[str, int] = {}
-        for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
+        for pin_key, keyed_plates in split_keys(partitions_def, context.partition_keys).items():
             embedder = instruments.embedder(pin_key, family)
             sealed = {} if config.force else store.sealed_pairs(pin_key)
             todo, missing = _plan(catalog, keyed_plates, sealed, embedder)
@@ -265,10 +214,8 @@ def build_embedding_asset(family: str, description: str) -> dg.AssetsDefinition:
                 "and a retry skips them:\n" + "\n".join(problems),
             )
         outcomes = check_embedding_pairs(store, checked_pairs, declared_dims=declared_dims)
-        selected = {key.name for key in context.selected_asset_check_keys}
         return dg.MaterializeResult(
-            metadata={"model_loads": instruments.loads},
-            check_results=[_check_result(outcome) for name, outcome in outcomes.items() if name in selected],
+            metadata={"model_loads": instruments.loads}, check_results=check_results(context, outcomes)
         )
 
     with warnings.catch_warnings():
@@ -305,38 +252,6 @@ def _declared_dim(embedder: ImageEmbedder) -> int:
             "nothing to check against; declare it"
         )
     return declared
-
-
-_MAX_FAILURE_ROWS = 100  # rows in a check's metadata table; `failing` counts all
-
-
-def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
-    """One asset check result over this step's partitions; the description names the first ten
-    failing records (or files), the metadata table the first hundred, ``failing`` counts all."""
-    failures = outcome.failures
-    rows = [
-        dg.TableRecord(
-            {"artifact": f.artifact, "record_id": f.record_id, "plate_id": f.plate_id, "detail": f.detail}
-        )
-        for f in failures[:_MAX_FAILURE_ROWS]
-    ]
-    named = sorted({f.record_id or f.artifact for f in failures})
-    listed = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
-    return dg.AssetCheckResult(
-        check_name=outcome.name,
-        passed=outcome.passed,
-        description=f"{len(failures)} of {outcome.checked} failing: {listed}" if failures else None,
-        metadata={
-            "checked": outcome.checked,
-            "failing": len(failures),
-            "failures": dg.MetadataValue.table(
-                rows,
-                schema=dg.TableSchema.from_name_type_dict(
-                    {"artifact": "string", "record_id": "string", "plate_id": "string", "detail": "string"}
-                ),
-            ),
-        },
-    )
 
 
 def _plan(

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from awb_dagster.assets.embeddings import _check_result, _plate_metadata, _split_keys, add_partition_metadata
+from awb_dagster.assets.steps import add_partition_metadata, check_results, plate_metadata, split_keys
 from awb_dagster.constants import EMBEDDING_FAMILIES, GPU_POOL, GROUP_REGIONS, PLATE_FILES_KEY
 from awb_dagster.instruments.embedding import ADAPTER_VERSION as EMBEDDING_ADAPTER_VERSION
 from awb_dagster.instruments.embedding import ImageEmbedder
@@ -235,7 +235,7 @@ class _RegionPass:
             vectors = self._vectors(cut_plate.regions)
             rows = [self._row(cut_plate, region) for region in cut_plate.regions]
             artifact = self.run.write_table(f"{self.scope}s", embedding_table(rows, vectors))
-            self.run.add_plate(_plate_metadata(plate))
+            self.run.add_plate(plate_metadata(plate))
             self.run.add_pair(
                 plate_id=plate.plate_id,
                 plate_sha256=plate.sha256,
@@ -330,7 +330,7 @@ def _materialize_regions(
     problems: list[str] = []
     checked: list[SealedPair] = []
     declared_dims: dict[str, int] = {}
-    for key_in_dim, keyed_plates in _split_keys(context.assets_def.partitions_def, context.partition_keys).items():
+    for key_in_dim, keyed_plates in split_keys(context.assets_def.partitions_def, context.partition_keys).items():
         embedding_pin = split_segment_pin_key(key_in_dim)[0] if scope == "segment" else key_in_dim
         family = instruments.family_of(embedding_pin)
         if family not in EMBEDDING_FAMILIES:
@@ -389,10 +389,8 @@ def _materialize_regions(
     else:
         sizes = {plate.sha256: (plate.height, plate.width) for plate in catalog.plates.values()}
         outcomes.update(check_tile_cover(store, checked, sizes))
-    selected = {key.name for key in context.selected_asset_check_keys}
     return dg.MaterializeResult(
-        metadata={"model_loads": instruments.loads},
-        check_results=[_check_result(outcome) for name, outcome in outcomes.items() if name in selected],
+        metadata={"model_loads": instruments.loads}, check_results=check_results(context, outcomes)
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from awb_dagster.assets.embeddings import _check_result, _plate_metadata, _split_keys, add_partition_metadata
+from awb_dagster.assets.steps import check_results, plate_metadata, sealed_plate_step
 from awb_dagster.constants import GPU_POOL, GROUP_SEGMENTATION, PLATE_FILES_KEY
 from awb_dagster.instruments.sam import ADAPTER_VERSION, GeneratorSettings, MaskGenerator, load_plate, mask_rows
 from awb_dagster.partitions import plate_pin_partitions
@@ -144,7 +144,7 @@ def _generate(
         )
         artifact = run.write_table("masks", mask_table(rows))
         run.write_bytes(preview_relpath(artifact.path), preview_png(image, [m.mask for m in masks]))
-        run.add_plate(_plate_metadata(plate))
+        run.add_plate(plate_metadata(plate))
         run.add_pair(
             plate_id=plate.plate_id,
             plate_sha256=plate.sha256,
@@ -165,59 +165,23 @@ def _sam_masks(
     home: AwbHome,
     instruments: InstrumentsResource,
 ) -> dg.MaterializeResult:
-    catalog = home.catalog()
-    store = home.store()
     settings = config.settings()
-    problems: list[str] = []
-    checked_pairs: list[SealedPair] = []
-    partitions_def = context.assets_def.partitions_def
-    for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
-        generator = instruments.mask_generator(pin_key, settings)
-        sealed = {} if config.force else store.sealed_pairs(pin_key)
-        todo: list[Plate] = []
-        for _, plate_id in keyed_plates:
-            plate = catalog.plates.get(plate_id)
-            if plate is None:
-                problems.append(f"{plate_id}: not in the plate catalog {catalog.path}")
-            elif (plate_id, plate.sha256, generator.preprocess_tag) not in sealed:
-                todo.append(plate)
-        context.log.info(f"{pin_key}: {len(keyed_plates)} partitions, {len(todo)} to segment")
-        run = None
-        if todo:
-            run = store.open_run(
-                kind="sam-masks",
-                dagster_run_id=context.run_id,
-                code_version=ADAPTER_VERSION,
-                device=str(generator.device),
-                config={"generator": generator.describe()["generator"], "max_pixels": home.max_pixels,
-                        "dtype": str(generator.dtype).removeprefix("torch.")},
-            )  # fmt: skip
-            run.add_instrument(generator.describe())
-            problems.extend(_generate(context, generator, run, todo, home.max_pixels))
-            manifest = run.seal()
-            context.log.info(f"{pin_key}: sealed run {manifest.run_id} at {manifest.run_dir}")
-        sealed = store.sealed_pairs(pin_key)
-        metadata_by_key = {}
-        for key, plate_id in keyed_plates:
-            plate = catalog.plates.get(plate_id)
-            pair = sealed.get((plate_id, plate.sha256, generator.preprocess_tag)) if plate else None
-            if pair is None:
-                continue
-            reused = run is None or pair.run_id != run.run_id
-            metadata_by_key[key] = _partition_metadata(generator, pair, reused=reused, home=home.home)
-            checked_pairs.append(pair)
-        add_partition_metadata(context, metadata_by_key)
-    if problems:
-        raise dg.Failure(
-            description=f"{len(problems)} plate(s) could not be segmented; the others are sealed and a "
-            "retry skips them:\n" + "\n".join(problems),
-        )
-    plate_sizes = {plate.sha256: (plate.height, plate.width) for plate in catalog.plates.values()}
-    outcomes = check_mask_pairs(checked_pairs, plate_sizes)
-    selected = {key.name for key in context.selected_asset_check_keys}
+    checked = sealed_plate_step(
+        context,
+        home,
+        load=lambda pin_key: instruments.mask_generator(pin_key, settings),
+        force=config.force,
+        kind="sam-masks",
+        code_version=ADAPTER_VERSION,
+        run_config=lambda generator: {"generator": generator.describe()["generator"]},
+        process=lambda generator, run, plates: _generate(context, generator, run, plates, home.max_pixels),
+        partition_metadata=lambda generator, pair, reused: _partition_metadata(generator, pair, reused=reused, home=home.home),
+        verb="segmented",
+    )
+    plate_sizes = {plate.sha256: (plate.height, plate.width) for plate in home.catalog().plates.values()}
     return dg.MaterializeResult(
         metadata={"model_loads": instruments.loads},
-        check_results=[_check_result(outcome) for name, outcome in outcomes.items() if name in selected],
+        check_results=check_results(context, check_mask_pairs(checked, plate_sizes)),
     )
 
 

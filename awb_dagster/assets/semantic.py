@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from awb_dagster.assets.embeddings import _check_result, _plate_metadata, _split_keys, add_partition_metadata
+from awb_dagster.assets.steps import check_results, plate_metadata, sealed_plate_step
 from awb_dagster.assets.automation import embedding_automation_condition
 from awb_dagster.constants import GPU_POOL, GROUP_SEMANTIC, PIN_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.instruments.sam import load_plate
@@ -190,7 +190,7 @@ def _segment(
             raise RuntimeError(f"run {run.run_id}: wrote {artifact.path}, expected part {part:05d}")
         run.write_bytes(class_map_relpath, png, rows=class_map.class_ids.shape[0])
         run.write_bytes(preview_relpath, preview_png(image, class_map, colors))
-        run.add_plate(_plate_metadata(plate))
+        run.add_plate(plate_metadata(plate))
         run.add_pair(
             plate_id=plate.plate_id,
             plate_sha256=plate.sha256,
@@ -213,61 +213,23 @@ def _semantic_segmentation(
     home: AwbHome,
     instruments: InstrumentsResource,
 ) -> dg.MaterializeResult:
-    catalog = home.catalog()
-    store = home.store()
     settings = config.settings()
-    problems: list[str] = []
-    checked_pairs: list[SealedPair] = []
-    loads = 0
-    partitions_def = context.assets_def.partitions_def
-    for pin_key, keyed_plates in _split_keys(partitions_def, context.partition_keys).items():
-        segmenter = instruments.semantic_segmenter(pin_key, settings)
-        loads += 1
-        sealed = {} if config.force else store.sealed_pairs(pin_key)
-        todo: list[Plate] = []
-        for _, plate_id in keyed_plates:
-            plate = catalog.plates.get(plate_id)
-            if plate is None:
-                problems.append(f"{plate_id}: not in the plate catalog {catalog.path}")
-            elif (plate_id, plate.sha256, segmenter.preprocess_tag) not in sealed:
-                todo.append(plate)
-        context.log.info(f"{pin_key}: {len(keyed_plates)} partitions, {len(todo)} to segment")
-        run = None
-        if todo:
-            run = store.open_run(
-                kind="semantic-segmentation",
-                dagster_run_id=context.run_id,
-                code_version=ADAPTER_VERSION,
-                device=str(segmenter.device),
-                config={"segmenter": segmenter.describe()["segmenter"], "max_pixels": home.max_pixels,
-                        "dtype": str(segmenter.dtype).removeprefix("torch.")},
-            )  # fmt: skip
-            run.add_instrument(segmenter.describe())
-            problems.extend(_segment(context, segmenter, run, todo, home.max_pixels))
-            manifest = run.seal()
-            context.log.info(f"{pin_key}: sealed run {manifest.run_id} at {manifest.run_dir}")
-        sealed = store.sealed_pairs(pin_key)
-        metadata_by_key = {}
-        for key, plate_id in keyed_plates:
-            plate = catalog.plates.get(plate_id)
-            pair = sealed.get((plate_id, plate.sha256, segmenter.preprocess_tag)) if plate else None
-            if pair is None:
-                continue
-            reused = run is None or pair.run_id != run.run_id
-            metadata_by_key[key] = _partition_metadata(segmenter, pair, reused=reused, home=home.home)
-            checked_pairs.append(pair)
-        add_partition_metadata(context, metadata_by_key)
-    if problems:
-        raise dg.Failure(
-            description=f"{len(problems)} plate(s) could not be segmented; the others are sealed and a "
-            "retry skips them:\n" + "\n".join(problems),
-        )
-    plate_sizes = {plate.sha256: (plate.height, plate.width) for plate in catalog.plates.values()}
-    outcomes = check_class_map_pairs(checked_pairs, plate_sizes)
-    selected = {key.name for key in context.selected_asset_check_keys}
+    checked = sealed_plate_step(
+        context,
+        home,
+        load=lambda pin_key: instruments.semantic_segmenter(pin_key, settings),
+        force=config.force,
+        kind="semantic-segmentation",
+        code_version=ADAPTER_VERSION,
+        run_config=lambda segmenter: {"segmenter": segmenter.describe()["segmenter"]},
+        process=lambda segmenter, run, plates: _segment(context, segmenter, run, plates, home.max_pixels),
+        partition_metadata=lambda segmenter, pair, reused: _partition_metadata(segmenter, pair, reused=reused, home=home.home),
+        verb="segmented",
+    )
+    plate_sizes = {plate.sha256: (plate.height, plate.width) for plate in home.catalog().plates.values()}
     return dg.MaterializeResult(
-        metadata={"model_loads": loads},
-        check_results=[_check_result(outcome) for name, outcome in outcomes.items() if name in selected],
+        metadata={"model_loads": instruments.loads},
+        check_results=check_results(context, check_class_map_pairs(checked, plate_sizes)),
     )
 
 

@@ -4,7 +4,6 @@ loopback hub over the sample plates (awkward ones and a plate smaller than a til
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 
 import dagster as dg
@@ -13,22 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from awb_dagster.assets.plates import scan_plates, sync_partitions
 from awb_dagster.cli import format_lineage
-from awb_dagster.definitions import build_definitions
-from awb_dagster.instance import open_instance
 from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, masks_tag, parse_tile_ref, tile_ref
-from awb_dagster.paths import HomePaths
-from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.provenance.checks import SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE
 from awb_dagster.provenance.lineage import lineage
 from awb_dagster.provenance.records import record_id, segment_pin_key, tile_pair_key
-from awb_dagster.provenance.store import RunStore
-from awb_dagster.registry.lock import PinLock
-from awb_dagster.registry.model import Registry
-from awb_dagster.registry.pins import capture_pin
-from awb_dagster.resources import AwbHome
 from awb_dagster.runner import materialize_masks, materialize_regions
+from demo_homes import DemoHome, make_demo_home
 
 PERMISSIVE_SAM = {"points_per_side": 4, "points_per_batch": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
                   "box_nms_thresh": 0.99, "max_working_side": 256}  # fmt: skip
@@ -132,18 +122,7 @@ def test_crop_policy_tags_differ_for_different_pipelines():
 
 
 @dataclass
-class RegionHome:
-    paths: HomePaths
-    resource: AwbHome
-    instance: dg.DagsterInstance
-    defs: dg.Definitions
-    pins: dict[str, str]  # demo repo id -> pin key
-    catalog: PlateCatalog
-
-    @property
-    def store(self) -> RunStore:
-        return self.resource.store()
-
+class RegionHome(DemoHome):
     @property
     def sam(self) -> str:
         return self.pins["awb-demo/tiny-sam"]
@@ -151,35 +130,18 @@ class RegionHome:
 
 @pytest.fixture(scope="module")
 def region_home(loopback_hub, tmp_path_factory) -> RegionHome:
-    paths = HomePaths(tmp_path_factory.mktemp("region-home"))
-    plates_dir = tmp_path_factory.mktemp("region-plates")
-    for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
-        if plate.suffix in (".jpg", ".png"):
-            shutil.copy(plate, plates_dir / plate.name)
-    # A plate smaller than a tile.
-    tiny = np.random.default_rng(5).integers(0, 256, (30, 45, 3), dtype=np.uint8)
-    Image.fromarray(tiny).save(plates_dir / "tiny_45x30.png")
-    registry = Registry.load(lock_path=paths.lock)
-    lock = PinLock.load(paths.lock)
-    pins = {}
-    for repo in ("awb-demo/tiny-clip", "awb-demo/tiny-dinov2", "awb-demo/tiny-sam"):
-        pin = capture_pin(registry.get(repo).instrument, endpoint=loopback_hub.endpoint)
-        lock.add(pin)
-        pins[repo] = pin.key
-    lock.save(paths.lock)
-    resource = AwbHome(home=str(paths.root))
-    catalog, result = scan_plates(resource, [plates_dir])
-    assert not result.rejected
-    instance = open_instance(paths)
-    added = sync_partitions(instance, resource)
-    clip, dino, sam = pins["awb-demo/tiny-clip"], pins["awb-demo/tiny-dinov2"], pins["awb-demo/tiny-sam"]
+    tiny = Image.fromarray(np.random.default_rng(5).integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    home = make_demo_home(
+        loopback_hub, tmp_path_factory, "region", ["awb-demo/tiny-clip", "awb-demo/tiny-dinov2", "awb-demo/tiny-sam"],
+        extra_plates={"tiny_45x30.png": tiny}, batch_size=8,  # a plate smaller than a tile
+    )  # fmt: skip
+    home = RegionHome(**vars(home))
+    clip, dino, sam = (home.pins[r] for r in ("awb-demo/tiny-clip", "awb-demo/tiny-dinov2", "awb-demo/tiny-sam"))
     # The plate sensor registers every (embedding pin, SAM pin) pair and every embedding pin for tiles.
-    assert {segment_pin_key(clip, sam), segment_pin_key(dino, sam)} <= set(added["segment_pins"])
-    assert {clip, dino} <= set(added["tile_pins"])
-    defs = build_definitions(home=str(paths.root), endpoint=loopback_hub.endpoint, offline=False, batch_size=8)
-    runs = materialize_masks(defs, instance, sam, config=PERMISSIVE_SAM)
-    assert runs[0].success
-    return RegionHome(paths, resource, instance, defs, pins, catalog)
+    assert {segment_pin_key(clip, sam), segment_pin_key(dino, sam)} <= set(home.added["segment_pins"])
+    assert {clip, dino} <= set(home.added["tile_pins"])
+    assert materialize_masks(home.defs, home.instance, sam, config=PERMISSIVE_SAM)[0].success
+    return home
 
 
 @pytest.fixture(scope="module")

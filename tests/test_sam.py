@@ -4,7 +4,6 @@ real-architecture SAM checkpoint from the loopback hub over the sample plates (a
 from __future__ import annotations
 
 import json
-import shutil
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,21 +15,15 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from awb_dagster.assets.plates import scan_plates, sync_partitions
-from awb_dagster.definitions import build_definitions
-from awb_dagster.instance import open_instance
 from awb_dagster.instruments.sam import GeneratorSettings, InstrumentError, count_components, mask_sha256, working_size
 from awb_dagster.partitions import pins_partitions
-from awb_dagster.paths import HomePaths
-from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.provenance.checks import MASKS_DECODE_TO_PLATE_SIZE, check_mask_pairs
 from awb_dagster.provenance.records import mask_schema, mask_table, record_id
-from awb_dagster.provenance.store import MANIFEST_NAME, RunStore
+from awb_dagster.provenance.store import MANIFEST_NAME
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
-from awb_dagster.registry.pins import capture_pin
-from awb_dagster.resources import AwbHome
 from awb_dagster.runner import materialize_masks
+from demo_homes import DemoHome, make_demo_home
 
 # Random weights give near-identical masks of low predicted IoU: permissive filters keep some,
 # segment-anything's defaults keep none (the valid empty result).
@@ -134,40 +127,11 @@ def test_mask_check_names_a_wrong_size(tmp_path):
 # --- the asset end to end --------------------------------------------------------------------
 
 
-@dataclass
-class SamHome:
-    paths: HomePaths
-    resource: AwbHome
-    instance: dg.DagsterInstance
-    defs: dg.Definitions
-    pin_key: str
-    catalog: PlateCatalog
-
-    @property
-    def store(self) -> RunStore:
-        return self.resource.store()
-
-
 @pytest.fixture(scope="module")
-def sam_home(loopback_hub, tmp_path_factory) -> SamHome:
-    paths = HomePaths(tmp_path_factory.mktemp("sam-home"))
-    plates_dir = tmp_path_factory.mktemp("sam-plates")
-    for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
-        if plate.suffix in (".jpg", ".png"):
-            shutil.copy(plate, plates_dir / plate.name)
-    registry = Registry.load(lock_path=paths.lock)
-    lock = PinLock.load(paths.lock)
-    pin = capture_pin(registry.get("awb-demo/tiny-sam").instrument, endpoint=loopback_hub.endpoint)
-    lock.add(pin)
-    lock.save(paths.lock)
-    resource = AwbHome(home=str(paths.root))
-    catalog, result = scan_plates(resource, [plates_dir])
-    assert not result.rejected
-    instance = open_instance(paths)
-    added = sync_partitions(instance, resource)
-    assert added[pins_partitions["sam"].name] == [pin.key]  # the plate sensor registers SAM pins too
-    defs = build_definitions(home=str(paths.root), endpoint=loopback_hub.endpoint, offline=False)
-    return SamHome(paths, resource, instance, defs, pin.key, catalog)
+def sam_home(loopback_hub, tmp_path_factory) -> DemoHome:
+    home = make_demo_home(loopback_hub, tmp_path_factory, "sam", ["awb-demo/tiny-sam"])
+    assert home.added[pins_partitions["sam"].name] == [home.pin_key]  # the plate sensor registers SAM pins too
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +141,7 @@ def permissive_run(sam_home):
     return runs[0]
 
 
-def _pairs(home: SamHome, tag_fragment: str):
+def _pairs(home: DemoHome, tag_fragment: str):
     return [p for p in home.store.sealed_pairs(home.pin_key).values() if tag_fragment in p.preprocess_tag]
 
 

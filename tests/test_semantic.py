@@ -5,8 +5,7 @@ checkpoint from the loopback hub (license ``other``, so the opt-in gate is exerc
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -15,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from awb_dagster.assets.plates import scan_plates, sync_partitions
+from awb_dagster.assets.plates import sync_partitions
 from awb_dagster.assets.semantic import SEMANTIC_ASSET, artifact_relpaths
 from awb_dagster.runner import SEMANTIC_JOB
+from demo_homes import DemoHome, make_demo_home
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo.checkpoints import _ADE20K_FIRST_LABELS
-from awb_dagster.instance import open_instance
 from awb_dagster.instruments.embedding import InstrumentError
 from awb_dagster.instruments.sam import load_plate
 from awb_dagster.instruments.semantic import (
@@ -34,19 +33,15 @@ from awb_dagster.instruments.semantic import (
     transparent_id,
 )
 from awb_dagster.partitions import pins_partitions
-from awb_dagster.paths import HomePaths
-from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.provenance.checks import (
     CLASS_AREAS_SUM_TO_PLATE,
     CLASS_MAP_DECODES_TO_PLATE_SIZE,
     check_class_map_pairs,
 )
 from awb_dagster.provenance.records import class_area_schema, record_id
-from awb_dagster.provenance.store import MANIFEST_NAME, RunStore, sha256_file
+from awb_dagster.provenance.store import MANIFEST_NAME, sha256_file
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import LicenseOptInError, Registry
-from awb_dagster.registry.pins import capture_pin
-from awb_dagster.resources import AwbHome
 from awb_dagster.runner import materialize_pin_ranges
 
 SHARED_PLATES = Path(__file__).resolve().parents[2] / "shared" / "plates"
@@ -96,43 +91,13 @@ def test_segmenter_settings_validation():
 # --- the segmenter ---------------------------------------------------------------------------
 
 
-@dataclass
-class SemanticHome:
-    paths: HomePaths
-    resource: AwbHome
-    instance: dg.DagsterInstance
-    defs: dg.Definitions
-    pin_key: str
-    catalog: PlateCatalog
-
-    @property
-    def store(self) -> RunStore:
-        return self.resource.store()
-
-
 @pytest.fixture(scope="module")
-def semantic_home(loopback_hub, tmp_path_factory) -> SemanticHome:
-    paths = HomePaths(tmp_path_factory.mktemp("semantic-home"))
-    plates_dir = tmp_path_factory.mktemp("semantic-plates")
-    for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
-        if plate.suffix in (".jpg", ".png"):
-            shutil.copy(plate, plates_dir / plate.name)
-    registry = Registry.load(lock_path=paths.lock)
-    lock = PinLock.load(paths.lock)
-    pin = capture_pin(registry.get(MODEL).instrument, endpoint=loopback_hub.endpoint)
+def semantic_home(loopback_hub, tmp_path_factory) -> DemoHome:
+    home = make_demo_home(loopback_hub, tmp_path_factory, "semantic", [MODEL], license_opt_in=[OPT_IN])
+    pin = PinLock.load(home.paths.lock).find_key(home.pin_key)
     assert pin.license == "other"  # the demo repo carries the real model's flagged license
-    lock.add(pin)
-    lock.save(paths.lock)
-    resource = AwbHome(home=str(paths.root))
-    catalog, result = scan_plates(resource, [plates_dir])
-    assert not result.rejected
-    instance = open_instance(paths)
-    added = sync_partitions(instance, resource)
-    assert added[pins_partitions["mask2former"].name] == [pin.key]  # the plate sensor registers them
-    defs = build_definitions(
-        home=str(paths.root), endpoint=loopback_hub.endpoint, offline=False, license_opt_in=[OPT_IN]
-    )
-    return SemanticHome(paths, resource, instance, defs, pin.key, catalog)
+    assert home.added[pins_partitions["mask2former"].name] == [home.pin_key]  # the plate sensor registers them
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +174,7 @@ def test_bfloat16_weights_give_a_class_map_at_plate_size(segmenter):
 # --- the asset end to end --------------------------------------------------------------------
 
 
-def materialize(home: SemanticHome, defs: dg.Definitions | None = None, plate_ids=None, **config):
+def materialize(home: DemoHome, defs: dg.Definitions | None = None, plate_ids=None, **config):
     return materialize_pin_ranges(
         defs or home.defs, home.instance, SEMANTIC_JOB, SEMANTIC_ASSET, config, home.pin_key, plate_ids
     )

@@ -220,6 +220,23 @@ def count_components(mask: np.ndarray) -> int:
     return len({find(i) for i in range(len(rows))})
 
 
+def _join_mask_data(parts: list[Any]) -> Any:
+    """Concatenate fresh ``MaskData`` parts with the same keys, sharing their RLE lists.
+
+    segment-anything's ``MaskData.cat`` deep-copies every RLE it receives; on CPU that copy costs
+    about as much as the mask decoder for detailed masks (profiled in bench/amg_compare.py)."""
+    from segment_anything.utils import amg
+
+    return amg.MaskData(
+        **{
+            key: torch.cat([part[key] for part in parts])
+            if isinstance(value, torch.Tensor)
+            else [item for part in parts for item in part[key]]
+            for key, value in parts[0].items()
+        }
+    )
+
+
 class MaskGenerator:
     """A loaded SAM or SAM-HQ instrument at one pin, with fixed generator settings.
 
@@ -353,9 +370,12 @@ class MaskGenerator:
         grids = amg.build_all_layer_point_grids(
             settings.points_per_side, settings.crop_n_layers, settings.crop_n_points_downscale_factor
         )
-        data = amg.MaskData()
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-            data.cat(self._process_crop(pixels, crop_box, grids[layer_idx], (work_h, work_w)))
+        data = _join_mask_data(
+            [
+                self._process_crop(pixels, crop_box, grids[layer_idx], (work_h, work_w))
+                for crop_box, layer_idx in zip(crop_boxes, layer_idxs)
+            ]
+        )
         if len(crop_boxes) > 1 and len(data["rles"]):
             # Across crops prefer masks from smaller crops, as segment-anything does.
             scores = 1 / box_area(data["crop_boxes"])
@@ -381,9 +401,12 @@ class MaskGenerator:
         inputs = self.processor(images=Image.fromarray(crop), return_tensors="pt")
         embeddings = self._image_features(inputs["pixel_values"].to(self.device, self.dtype))
         points = grid * np.array([[crop_w, crop_h]])  # (x, y) in crop pixels
-        data = amg.MaskData()
-        for (batch,) in amg.batch_iterator(self.settings.points_per_batch, points):
-            data.cat(self._process_batch(batch, embeddings, inputs, crop_box, work_hw))
+        data = _join_mask_data(
+            [
+                self._process_batch(batch, embeddings, inputs, crop_box, work_hw)
+                for (batch,) in amg.batch_iterator(self.settings.points_per_batch, points)
+            ]
+        )
         if len(data["rles"]):
             keep = batched_nms(
                 data["boxes"].float(), data["iou_preds"],

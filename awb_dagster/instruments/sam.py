@@ -477,31 +477,14 @@ class MaskGenerator:
         return data
 
     def _remove_small_regions(self, data: Any) -> Any:
-        """segment-anything's postprocess_small_regions: fill small holes, drop small islands, re-NMS."""
-        from segment_anything.utils import amg
-        from torchvision.ops import batched_nms
+        """segment-anything's own postprocess_small_regions (fill small holes, drop small islands,
+        re-NMS preferring untouched masks), at the NMS threshold its generator uses."""
+        from segment_anything import SamAutomaticMaskGenerator
 
-        new_masks, scores = [], []
-        for rle in data["rles"]:
-            mask = amg.rle_to_mask(rle)
-            mask, changed = amg.remove_small_regions(mask, self.settings.min_mask_region_area, mode="holes")
-            unchanged = not changed
-            mask, changed = amg.remove_small_regions(mask, self.settings.min_mask_region_area, mode="islands")
-            unchanged = unchanged and not changed
-            new_masks.append(torch.as_tensor(mask).unsqueeze(0))
-            scores.append(float(unchanged))  # recomputed masks lose to untouched ones in NMS
-        masks = torch.cat(new_masks, dim=0)
-        boxes = amg.batched_mask_to_box(masks)
-        keep = batched_nms(
-            boxes.float(), torch.as_tensor(scores), torch.zeros_like(boxes[:, 0]),
-            iou_threshold=self.settings.box_nms_thresh,
-        )  # fmt: skip
-        for i in keep.tolist():
-            if scores[i] == 0.0:
-                data["rles"][i] = amg.mask_to_rle_pytorch(masks[i].unsqueeze(0))[0]
-                data["boxes"][i] = boxes[i]
-        data.filter(keep)
-        return data
+        settings = self.settings
+        return SamAutomaticMaskGenerator.postprocess_small_regions(
+            data, settings.min_mask_region_area, max(settings.box_nms_thresh, settings.crop_nms_thresh)
+        )
 
     def _to_plate(
         self, data: Any, plate_wh: tuple[int, int], work_wh: tuple[int, int], opaque: np.ndarray | None

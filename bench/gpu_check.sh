@@ -24,3 +24,11 @@ for arch in ${ARCHS:-clip-l14 dinov2-l}; do
     --dtype bfloat16 --batch-size "${BATCH:-128}" --workdir /tmp/awb-bench --out "$OUT/gpu-$arch.json" 2>&1 \
     | grep -v "Warning\|warn(\|Writing model"
 done
+# Automatic mask generation, ours (bf16, batched prompts) vs segment-anything's generator (fp32),
+# same converted vit_b weights and pixels (issue 3 goal: >= 3x faster, mean best-match IoU >= 0.95).
+# Needs segment_anything, pycocotools, opencv-python-headless and scipy wheels in .whl/ as well.
+if [ -z "${SKIP_AMG:-}" ]; then
+  python3 bench/amg_compare.py --device "${DEVICE:-cuda}" --points-per-side 32 --repeats 3 \
+    --out "$OUT/amg_compare-vit_b-pps32.json" 2>&1 \
+    | grep -v "Warning\|warn("
+fi

@@ -39,10 +39,12 @@ def make_demo_home(
     repos: list[str],
     *,
     extra_plates: dict[str, object] | None = None,
+    plate_files: list | None = None,
     **definition_overrides,
 ) -> DemoHome:
-    """Pin ``repos`` from the loopback hub into a fresh home, register the sample plates (plus
-    ``extra_plates``: file name -> PIL image) and build the definitions for that home."""
+    """Pin ``repos`` from the loopback hub into a fresh home, register the sample plates (or the
+    files ``plate_files``; plus ``extra_plates``: file name -> PIL image) and build the
+    definitions for that home."""
     from awb_dagster.assets.plates import scan_plates, sync_partitions
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
@@ -55,7 +57,8 @@ def make_demo_home(
 
     paths = HomePaths(tmp_path_factory.mktemp(f"{name}-home"))
     plates_dir = tmp_path_factory.mktemp(f"{name}-plates")
-    for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
+    sources = plate_files if plate_files is not None else sorted(SAMPLE_PLATES_DIR.iterdir())
+    for plate in sources:
         if plate.suffix in (".jpg", ".png"):
             shutil.copy(plate, plates_dir / plate.name)
     for file_name, image in (extra_plates or {}).items():

@@ -5,6 +5,7 @@ loopback hub over the sample plates (awkward ones and a plate smaller than a til
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from awb_dagster.cli import format_lineage
+from awb_dagster.instruments.sam import load_plate
 from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, masks_tag, parse_tile_ref, tile_ref
 from awb_dagster.provenance.checks import SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE
 from awb_dagster.provenance.lineage import lineage
@@ -318,3 +320,42 @@ def test_a_plate_without_masks_gives_an_empty_valid_segment_partition(region_hom
     assert pair.record_ids == () and pq.read_table(pair.artifact_path).num_rows == 0
     metadata = region_home.instance.get_latest_materialization_event(dg.AssetKey("segment_embeddings")).asset_materialization.metadata
     assert metadata["records"].value == 0 and metadata["masks"].value == 0
+
+
+SHARED_PLATES = Path(__file__).resolve().parents[2] / "shared" / "plates"
+
+
+@pytest.mark.skipif(not SHARED_PLATES.is_dir(), reason="../shared/plates is not present")
+def test_awkward_full_size_plates_give_segments_and_covering_tiles(loopback_hub, tmp_path_factory):
+    """The grayscale, alpha and 3:1 strip scans at full size: masks, segment embeddings of them, and
+    default tiles (512/384, shift) that cover each plate; transparent pixels take the fill."""
+    awkward = sorted(SHARED_PLATES.glob("AWKWARD_*"))
+    home = make_demo_home(
+        loopback_hub, tmp_path_factory, "awkward", ["awb-demo/tiny-clip", "awb-demo/tiny-sam"], plate_files=awkward
+    )
+    clip, sam = home.pins["awb-demo/tiny-clip"], home.pins["awb-demo/tiny-sam"]
+    assert materialize_masks(home.defs, home.instance, sam, config=PERMISSIVE_SAM)[0].success
+    key = segment_pin_key(clip, sam)
+    assert materialize_regions(home.defs, home.instance, "segment", key, config={"min_region_area": 16})[0].success
+    assert materialize_regions(home.defs, home.instance, "tile", clip)[0].success
+    segments = home.store.sealed_pairs(key)
+    assert {p.plate_id for p in segments.values()} == set(home.catalog.plates)
+    assert sum(len(p.record_ids) for p in segments.values()) > 0
+    tiling = Tiling()
+    for pair in home.store.sealed_pairs(tile_pair_key(clip)).values():
+        plate = home.catalog.plates[pair.plate_id]
+        boxes = [parse_tile_ref(r) for r in pq.read_table(pair.artifact_path, columns=["region_ref"])["region_ref"].to_pylist()]
+        assert boxes == tiling.boxes(plate.width, plate.height) and _covered(boxes, plate.width, plate.height).all()
+    for name in (SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE):
+        asset = "segment_embeddings" if name == SEGMENT_REFS_RESOLVE else "tile_embeddings"
+        key_ = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        assert home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key_])[key_].status.value == "SUCCEEDED"
+    # The alpha plate: a tile over its transparent pixels shows the fill colour there.
+    rgba = next(p for p in home.catalog.plates.values() if "rgba" in p.plate_id)
+    image, opaque = load_plate(rgba.path, rgba.sha256, max_pixels=home.resource.max_pixels)
+    assert opaque is not None and not opaque.all()
+    fill = (1, 2, 3)
+    box = Tiling(fill=fill).boxes(image.width, image.height)[0]
+    tile = np.asarray(Tiling(fill=fill).crop(np.asarray(image), box, opaque))
+    x, y, w, h = box
+    assert (tile[~opaque[y : y + h, x : x + w]] == fill).all()

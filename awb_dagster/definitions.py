@@ -68,36 +68,28 @@ def build_definitions(
     *, automation_cron: str | None = None, pin_status_cron: str | None = None, **resource_overrides
 ) -> dg.Definitions:
     resources = build_resources(**resource_overrides)
-    family_assets = with_embedding_automation(
-        EMBEDDING_ASSETS,
-        resources["home"].paths.lock,
-        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
-    )
+    lock = resources["home"].paths.lock
+    cron = automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON)
+    family_assets = with_embedding_automation(EMBEDDING_ASSETS, lock, cron)
     jobs = [
         dg.define_asset_job(family_job_name(asset.key.path[-1].removesuffix("_embeddings")), selection=[asset])
         for asset in family_assets
     ]
     # Segmentation: the same automation condition as the embedding families, and its own job.
-    segmentation_assets = with_embedding_automation(
-        (sam_masks,),
-        resources["home"].paths.lock,
-        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
-    )
+    segmentation_assets = with_embedding_automation((sam_masks,), lock, cron)
     jobs += [dg.define_asset_job(SAM_MASKS_JOB, selection=segmentation_assets)]
     # Semantic segmentation (Mask2Former): the same automation for the pins the license gate admits
     # (its `other` license needs the opt-in), its own job; kept apart from sam_masks.
-    semantic_assets = with_semantic_automation(
-        resources["home"].paths.lock,
-        automation_cron or os.environ.get("AWB_AUTOMATION_CRON", DEFAULT_AUTOMATION_CRON),
-        resources["instruments"].license_opt_in,
-    )
+    semantic_assets = with_semantic_automation(lock, cron, resources["instruments"].license_opt_in)
     jobs += [dg.define_asset_job(SEMANTIC_JOB, selection=semantic_assets)]
-    # Region embeddings: backfilled per (embedding pin, SAM pin) or per embedding pin, no automation
-    # (their pin dimension pairs pins, which the family automation condition does not read).
-    region_assets = [segment_embeddings, tile_embeddings]
+    # Region embeddings: the families' condition; a segment key needs both of its pins automated,
+    # and new sam_masks materializations count like changed plate bytes.
+    tiles = with_embedding_automation((tile_embeddings,), lock, cron)
+    segments = with_embedding_automation((segment_embeddings,), lock, cron, also_updated=("sam_masks",))
+    region_assets = [*segments, *tiles]
     jobs += [
-        dg.define_asset_job(SEGMENT_EMBEDDINGS_JOB, selection=[segment_embeddings]),
-        dg.define_asset_job(TILE_EMBEDDINGS_JOB, selection=[tile_embeddings]),
+        dg.define_asset_job(SEGMENT_EMBEDDINGS_JOB, selection=segments),
+        dg.define_asset_job(TILE_EMBEDDINGS_JOB, selection=tiles),
     ]
     return dg.Definitions(
         assets=[plate_catalog, plate_files, pin_status, *family_assets, *segmentation_assets, *semantic_assets, *region_assets, *ATLAS_ASSETS, pin_drift_report],

@@ -359,3 +359,54 @@ def test_awkward_full_size_plates_give_segments_and_covering_tiles(loopback_hub,
     tile = np.asarray(Tiling(fill=fill).crop(np.asarray(image), box, opaque))
     x, y, w, h = box
     assert (tile[~opaque[y : y + h, x : x + w]] == fill).all()
+
+
+def test_region_automation_follows_masks_and_retired_pins(loopback_hub, tmp_path_factory):
+    """On the cron tick: a segment partition is requested when its plate's masks are
+    re-materialized, and no region partition of a retired pin is requested."""
+    from datetime import UTC, datetime, timedelta
+
+    from awb_dagster.cli import main
+
+    cron = "0 2 * * *"
+    home = make_demo_home(
+        loopback_hub, tmp_path_factory, "region-automation", ["awb-demo/tiny-clip", "awb-demo/tiny-sam"],
+        automation_cron=cron,
+    )  # fmt: skip
+    clip, sam = home.pins["awb-demo/tiny-clip"], home.pins["awb-demo/tiny-sam"]
+    plates = sorted(home.catalog.plates)
+    segments, tiles, masks = (dg.AssetKey(n) for n in ("segment_embeddings", "tile_embeddings", "sam_masks"))
+    pair = segment_pin_key(clip, sam)
+    assert home.defs.resolve_job_def("observe_plate_files").execute_in_process(instance=home.instance).success
+
+    def report(asset: dg.AssetKey, pin: str, plate_ids) -> None:
+        for plate_id in plate_ids:
+            home.instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=f"{pin}|{plate_id}"))
+
+    report(masks, sam, plates)
+    report(segments, pair, plates)
+    report(tiles, clip, plates)
+    day0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    cursor = None
+
+    def tick(day: int, hour: int) -> tuple[set[str], set[str]]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(
+            defs=home.defs, instance=home.instance, asset_selection=dg.AssetSelection.assets(segments, tiles),
+            evaluation_time=day0 + timedelta(days=day, hours=hour), cursor=cursor,
+        )  # fmt: skip
+        cursor = result.cursor
+        return set(result.get_requested_partitions(segments)), set(result.get_requested_partitions(tiles))
+
+    assert tick(0, 1) == (set(), set())
+    assert tick(0, 3) == (set(), set())  # the tick passed, nothing changed
+    report(masks, sam, plates[:1])  # new masks for one plate
+    assert tick(1, 1) == (set(), set())  # before the tick: nothing yet
+    assert tick(1, 3) == ({f"{pair}|{plates[0]}"}, set())
+    report(segments, pair, plates[:1])
+    report(masks, sam, plates[1:2])
+    assert tick(2, 3) == ({f"{pair}|{plates[1]}"}, set())
+    report(segments, pair, plates[1:2])
+    main(["pin", "--retire", clip, "--home", str(home.paths.root)])
+    report(masks, sam, plates[2:3])
+    assert tick(3, 3) == (set(), set())  # the embedding pin of the pair is retired

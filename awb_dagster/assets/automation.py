@@ -36,6 +36,7 @@ from pathlib import Path
 import dagster as dg
 
 from awb_dagster.constants import PIN_DIMENSION, PLATE_FILES_KEY
+from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR
 from awb_dagster.registry.lock import PinLock
 
 DEFAULT_AUTOMATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
@@ -44,7 +45,8 @@ AUTOMATION_SENSOR_NAME = "awb_automation_sensor"
 
 @dataclass(frozen=True)
 class PinNotRetired(dg.AutomationCondition):
-    """True for the partitions whose ``pin`` key belongs to a pin of the lock that is not retired."""
+    """True for the partitions whose ``pin`` key belongs to a pin of the lock that is not retired;
+    a region key that pairs pins (``<embedding pin>~<sam pin>``) needs both not retired."""
 
     lock_path: str
 
@@ -69,16 +71,25 @@ class PinNotRetired(dg.AutomationCondition):
         keep = {
             key
             for key in candidates.expensively_compute_partition_keys()
-            if partitions_def.get_partition_key_from_str(key).keys_by_dimension[PIN_DIMENSION] in automated
+            if all(
+                pin in automated
+                for pin in partitions_def.get_partition_key_from_str(key)
+                .keys_by_dimension[PIN_DIMENSION]
+                .split(REGION_PAIR_SEPARATOR)
+            )
         }
         return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keep))
 
 
-def embedding_automation_condition(lock_path: Path | str, cron: str) -> dg.AutomationCondition:
-    """The family assets' condition (see the module docstring)."""
+def embedding_automation_condition(
+    lock_path: Path | str, cron: str, also_updated: tuple[str, ...] = ()
+) -> dg.AutomationCondition:
+    """The family assets' condition (see the module docstring). ``also_updated`` names further
+    upstream assets whose new materializations count like changed plate bytes (segment
+    embeddings: ``sam_masks``, whose newest mask set decides what is embedded)."""
     plate_changed = (
         dg.AutomationCondition.any_deps_updated()
-        .allow(dg.AssetSelection.keys(PLATE_FILES_KEY))
+        .allow(dg.AssetSelection.keys(PLATE_FILES_KEY, *also_updated))
         .since_last_handled()
         .with_label("plate_bytes_changed")
     )
@@ -91,10 +102,10 @@ def embedding_automation_condition(lock_path: Path | str, cron: str) -> dg.Autom
 
 
 def with_embedding_automation(
-    assets: tuple[dg.AssetsDefinition, ...], lock_path: Path | str, cron: str
+    assets: tuple[dg.AssetsDefinition, ...], lock_path: Path | str, cron: str, also_updated: tuple[str, ...] = ()
 ) -> list[dg.AssetsDefinition]:
     """``assets`` with :func:`embedding_automation_condition` attached."""
-    condition = embedding_automation_condition(lock_path, cron)
+    condition = embedding_automation_condition(lock_path, cron, also_updated)
     return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), assets)
 
 

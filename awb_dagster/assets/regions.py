@@ -482,7 +482,7 @@ with warnings.catch_warnings():
         group_name=GROUP_REGIONS,
         code_version=CODE_VERSION,
         kinds={"pytorch", "parquet"},
-        deps=[dg.AssetDep("sam_masks", partition_mapping=_masks_by_plate), "plate_catalog"],
+        deps=[dg.AssetDep("sam_masks", partition_mapping=_masks_by_plate), "plate_catalog", PLATE_FILES_KEY],
         check_specs=_checks("segment_embeddings", {k: v for k, v in REGION_CHECK_DESCRIPTIONS.items() if k.startswith("segment")}),
     )(_segment_embeddings)
 

@@ -21,7 +21,7 @@ from awb_dagster.partitions import plate_pin_partitions
 from awb_dagster.plates.catalog import Plate, PlateCatalog
 from awb_dagster.assets.steps import add_partition_metadata, check_results, plate_metadata, split_keys
 from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS, check_embedding_pairs
-from awb_dagster.provenance.records import embedding_table, record_id
+from awb_dagster.provenance.records import embedding_table, record_fields
 from awb_dagster.provenance.store import Artifact, OpenRun, RunStore, SealedPair
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 
@@ -137,19 +137,11 @@ class _PinPass:
     def _row(self, plate: Plate, run_id: str) -> dict[str, Any]:
         embedder = self.embedder
         return {
-            "record_id": record_id(
-                plate_sha256=plate.sha256,
-                model_sha=embedder.pin.sha,
-                preprocess_tag=embedder.preprocess_tag,
-                scope="plate",
-            ),
-            "plate_id": plate.plate_id,
-            "plate_sha256": plate.sha256,
-            "model_id": embedder.instrument.id,
-            "model_sha": embedder.pin.sha,
-            "pin_key": embedder.pin.key,
-            "preprocess_tag": embedder.preprocess_tag,
-            "run_id": run_id,
+            **record_fields(
+                plate_id=plate.plate_id, plate_sha256=plate.sha256, model_id=embedder.instrument.id,
+                model_sha=embedder.pin.sha, pin_key=embedder.pin.key, preprocess_tag=embedder.preprocess_tag,
+                run_id=run_id, scope="plate",
+            ),  # fmt: skip
             "scope": "plate",
             "region_ref": None,
         }

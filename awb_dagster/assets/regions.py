@@ -47,7 +47,7 @@ from awb_dagster.provenance.checks import (
     check_segment_refs,
     check_tile_cover,
 )
-from awb_dagster.provenance.records import embedding_table, record_id, split_segment_pin_key, tile_pair_key
+from awb_dagster.provenance.records import embedding_table, record_fields, split_segment_pin_key, tile_pair_key
 from awb_dagster.provenance.store import OpenRun, RunStore, SealedPair, sha256_file
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 
@@ -267,20 +267,11 @@ class _RegionPass:
     def _row(self, cut_plate: PlateRegions, region: Region) -> dict[str, Any]:
         embedder, plate = self.embedder, cut_plate.plate
         return {
-            "record_id": record_id(
-                plate_sha256=plate.sha256,
-                model_sha=embedder.pin.sha,
-                preprocess_tag=cut_plate.tag,
-                scope=self.scope,
-                region=region.ref,
-            ),
-            "plate_id": plate.plate_id,
-            "plate_sha256": plate.sha256,
-            "model_id": embedder.instrument.id,
-            "model_sha": embedder.pin.sha,
-            "pin_key": embedder.pin.key,
-            "preprocess_tag": cut_plate.tag,
-            "run_id": self.run.run_id,
+            **record_fields(
+                plate_id=plate.plate_id, plate_sha256=plate.sha256, model_id=embedder.instrument.id,
+                model_sha=embedder.pin.sha, pin_key=embedder.pin.key, preprocess_tag=cut_plate.tag,
+                run_id=self.run.run_id, scope=self.scope, region=region.ref,
+            ),  # fmt: skip
             "scope": self.scope,
             "region_ref": region.ref,
         }

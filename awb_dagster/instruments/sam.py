@@ -563,7 +563,7 @@ def mask_rows(
     """
     from pycocotools import mask as mask_utils
 
-    from awb_dagster.provenance.records import record_id
+    from awb_dagster.provenance.records import record_fields
 
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -581,20 +581,11 @@ def mask_rows(
         plate_area = width * height
         rows.append(
             {
-                "record_id": record_id(
-                    plate_sha256=plate_sha256,
-                    model_sha=model_sha,
-                    preprocess_tag=preprocess_tag,
-                    scope="segment",
-                    region=f"mask-sha256:{digest}",
-                ),
-                "plate_id": plate_id,
-                "plate_sha256": plate_sha256,
-                "model_id": model_id,
-                "model_sha": model_sha,
-                "pin_key": pin_key,
-                "preprocess_tag": preprocess_tag,
-                "run_id": run_id,
+                **record_fields(
+                    plate_id=plate_id, plate_sha256=plate_sha256, model_id=model_id, model_sha=model_sha,
+                    pin_key=pin_key, preprocess_tag=preprocess_tag, run_id=run_id,
+                    scope="segment", region=f"mask-sha256:{digest}",
+                ),  # fmt: skip
                 "mask_index": len(rows),
                 "rle_counts": rle["counts"].decode("ascii"),
                 "rle_size": [int(height), int(width)],

@@ -303,26 +303,17 @@ def class_area_rows(
 ) -> list[dict[str, Any]]:
     """Records of ``class_map``, most pixels first (schema:
     :func:`awb_dagster.provenance.records.class_area_schema`)."""
-    from awb_dagster.provenance.records import record_id
+    from awb_dagster.provenance.records import record_fields
 
     height, width = class_map.class_ids.shape
     plate_area = height * width
     return [
         {
-            "record_id": record_id(
-                plate_sha256=plate_sha256,
-                model_sha=model_sha,
-                preprocess_tag=preprocess_tag,
-                scope="plate",
-                region=f"class:{class_id}",
-            ),
-            "plate_id": plate_id,
-            "plate_sha256": plate_sha256,
-            "model_id": model_id,
-            "model_sha": model_sha,
-            "pin_key": pin_key,
-            "preprocess_tag": preprocess_tag,
-            "run_id": run_id,
+            **record_fields(
+                plate_id=plate_id, plate_sha256=plate_sha256, model_id=model_id, model_sha=model_sha,
+                pin_key=pin_key, preprocess_tag=preprocess_tag, run_id=run_id,
+                scope="plate", region=f"class:{class_id}",
+            ),  # fmt: skip
             "scope": "plate",
             "class_id": class_id,
             "label": class_map.labels.get(class_id, f"unlabelled-{class_id}"),

@@ -43,6 +43,33 @@ def record_id(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def record_fields(
+    *,
+    plate_id: str,
+    plate_sha256: str,
+    model_id: str,
+    model_sha: str,
+    pin_key: str,
+    preprocess_tag: str,
+    run_id: str,
+    scope: str,
+    region: str = "",
+) -> dict[str, str]:
+    """The fields every record starts with (:data:`RECORD_FIELDS`), its id included."""
+    return {
+        "record_id": record_id(
+            plate_sha256=plate_sha256, model_sha=model_sha, preprocess_tag=preprocess_tag, scope=scope, region=region
+        ),
+        "plate_id": plate_id,
+        "plate_sha256": plate_sha256,
+        "model_id": model_id,
+        "model_sha": model_sha,
+        "pin_key": pin_key,
+        "preprocess_tag": preprocess_tag,
+        "run_id": run_id,
+    }
+
+
 # Every record of every contract starts with these (DESIGN.md section 4).
 RECORD_FIELDS: list[tuple[str, pa.DataType]] = [
     ("record_id", pa.string()),

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from awb_dagster.assets.steps import add_partition_metadata, check_results, plate_metadata, split_keys
+from awb_dagster.atlas.spaces import verified_path
 from awb_dagster.constants import EMBEDDING_FAMILIES, GPU_POOL, GROUP_REGIONS, PLATE_FILES_KEY
 from awb_dagster.instruments.embedding import ADAPTER_VERSION as EMBEDDING_ADAPTER_VERSION
 from awb_dagster.instruments.embedding import ImageEmbedder
@@ -42,13 +43,16 @@ from awb_dagster.instruments.streaming import prefetch_batches
 from awb_dagster.partitions import region_partitions
 from awb_dagster.plates.catalog import Plate
 from awb_dagster.provenance.checks import (
+    CHECK_DESCRIPTIONS,
     REGION_CHECK_DESCRIPTIONS,
+    SEGMENT_REFS_RESOLVE,
+    TILES_COVER_PLATE,
     check_embedding_pairs,
     check_segment_refs,
     check_tile_cover,
 )
 from awb_dagster.provenance.records import embedding_table, record_fields, split_segment_pin_key, tile_pair_key
-from awb_dagster.provenance.store import OpenRun, RunStore, SealedPair, sha256_file
+from awb_dagster.provenance.store import OpenRun, RunStore, SealedPair
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 
 CODE_VERSION = f"{EMBEDDING_ADAPTER_VERSION}+{REGIONS_VERSION}"
@@ -113,58 +117,73 @@ class MaskSet:
     rows: list[dict[str, Any]]
 
 
+class MaskSets:
+    """The sealed mask sets of one SAM pin, indexed once: which set each plate's segments come
+    from (``sam_tag``, or empty for each plate's newest set), and its rows, read on demand."""
+
+    def __init__(self, store: RunStore, sam_pin: str, sam_tag: str):
+        self.store, self.sam_pin, self.sam_tag = store, sam_pin, sam_tag
+        self._pairs: dict[tuple[str, str], list[SealedPair]] = {}
+        for (plate_id, sha, tag), pair in store.sealed_pairs(sam_pin).items():
+            if not sam_tag or tag == sam_tag:
+                self._pairs.setdefault((plate_id, sha), []).append(pair)
+
+    def pair(self, plate: Plate) -> SealedPair:
+        """The mask set the plate's segments are cut from (no file is read)."""
+        pairs = self._pairs.get((plate.plate_id, plate.sha256))
+        if not pairs:
+            which = f" under preprocess tag {self.sam_tag!r}" if self.sam_tag else ""
+            raise RegionError(
+                f"no sealed sam_masks for plate {plate.plate_id} (sha256 {plate.sha256[:12]}) and SAM pin "
+                f"{self.sam_pin}{which}; materialize sam_masks for partition {self.sam_pin}|{plate.plate_id} first"
+            )
+        return max(pairs, key=lambda p: p.run_id)  # run ids start with their UTC start time
+
+    def load(self, plate: Plate) -> MaskSet:
+        """The plate's mask rows, once the artifact's bytes match its sealed manifest."""
+        pair = self.pair(plate)
+        path = verified_path(self.store, pair.run_id, pair.artifact, pair.artifact_sha256)
+        columns = ["record_id", "rle_counts", "rle_size", "bbox", "area"]
+        return MaskSet(pair, pq.read_table(path, columns=columns).to_pylist())
+
+
 def mask_set(store: RunStore, sam_pin: str, plate: Plate, sam_tag: str) -> MaskSet:
-    """The plate's sealed masks under ``sam_pin`` (``sam_tag`` empty: the newest set); the
-    artifact is re-hashed against its manifest before it is read."""
-    pairs = [
-        p for (plate_id, sha, _), p in store.sealed_pairs(sam_pin).items() if plate_id == plate.plate_id and sha == plate.sha256
-    ]
-    if sam_tag:
-        pairs = [p for p in pairs if p.preprocess_tag == sam_tag]
-    if not pairs:
-        which = f" under preprocess tag {sam_tag!r}" if sam_tag else ""
-        raise RegionError(
-            f"no sealed sam_masks for plate {plate.plate_id} (sha256 {plate.sha256[:12]}) and SAM pin {sam_pin}"
-            f"{which}; materialize sam_masks for partition {sam_pin}|{plate.plate_id} first"
-        )
-    pair = max(pairs, key=lambda p: p.run_id)  # run ids start with their UTC start time
-    actual = sha256_file(pair.artifact_path)
-    if actual != pair.artifact_sha256:
-        raise RegionError(
-            f"{pair.artifact_path}: sha256 {actual} does not match the manifest of run {pair.run_id}; "
-            "re-materialize sam_masks for this plate with force=True"
-        )
-    columns = ["record_id", "rle_counts", "rle_size", "bbox", "area"]
-    return MaskSet(pair, pq.read_table(pair.artifact_path, columns=columns).to_pylist())
+    """The plate's sealed masks under ``sam_pin`` (``sam_tag`` empty: the newest set)."""
+    return MaskSets(store, sam_pin, sam_tag).load(plate)
+
+
+def segment_tag(embedder: ImageEmbedder, policy: CropPolicy, sam_pin: str, sam_tag: str) -> str:
+    """The preprocess tag of segment records: the embedder's, the crop policy, the mask set."""
+    return f"{embedder.preprocess_tag};{policy.tag()};{masks_tag(sam_pin, sam_tag)}"
 
 
 def segment_regions(
-    embedder: ImageEmbedder, store: RunStore, sam_pin: str, policy: CropPolicy, sam_tag: str, max_pixels: int
+    embedder: ImageEmbedder, masks: MaskSets, policy: CropPolicy, max_pixels: int
 ) -> Callable[[Plate], PlateRegions]:
     """Plate -> its mask crops, prepared for ``embedder``. Thread-safe."""
     from pycocotools import mask as mask_utils
 
     def cut(plate: Plate) -> PlateRegions:
-        masks = mask_set(store, sam_pin, plate, sam_tag)
+        plate_masks = masks.load(plate)
         image, opaque = load_plate(plate.path, plate.sha256, max_pixels=max_pixels)
         pixels = np.asarray(image)
         regions, small = [], 0
-        for row in masks.rows:
+        for row in plate_masks.rows:
             if row["area"] < policy.min_region_area:
                 small += 1
                 continue
             mask = mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"].encode("ascii")})
             crop = policy.crop(pixels, mask.astype(bool), tuple(row["bbox"]), opaque)
             regions.append(Region(row["record_id"], embedder.prepare(crop)))
-        tag = f"{embedder.preprocess_tag};{policy.tag()};{masks_tag(sam_pin, masks.pair.preprocess_tag)}"
+        pair = plate_masks.pair
         facts = {
-            "masks": len(masks.rows),
+            "masks": len(plate_masks.rows),
             "skipped_below_min_area": small,
-            "mask_run_id": masks.pair.run_id,
-            "mask_artifact": str(masks.pair.artifact_path),
-            "sam_preprocess_tag": masks.pair.preprocess_tag,
+            "mask_run_id": pair.run_id,
+            "mask_artifact": str(pair.artifact_path),
+            "sam_preprocess_tag": pair.preprocess_tag,
         }
-        return PlateRegions(plate, tag, regions, facts)
+        return PlateRegions(plate, segment_tag(embedder, policy, masks.sam_pin, pair.preprocess_tag), regions, facts)
 
     return cut
 
@@ -400,17 +419,15 @@ def _segment_embeddings(
 
     def plan(key: str, embedder: ImageEmbedder):
         sam_pin = split_segment_pin_key(key)[1]
-        cut = segment_regions(embedder, store, sam_pin, policy, config.sam_preprocess_tag, home.max_pixels)
+        masks = MaskSets(store, sam_pin, config.sam_preprocess_tag)
+        cut = segment_regions(embedder, masks, policy, home.max_pixels)
 
         def expected(plate: Plate) -> str | None:
             """The tag of the plate's records, so sealed plates are skipped; None: cut() reports why not."""
-            sam_tag = config.sam_preprocess_tag
-            if not sam_tag:
-                try:
-                    sam_tag = mask_set(store, sam_pin, plate, "").pair.preprocess_tag
-                except RegionError:
-                    return None
-            return f"{embedder.preprocess_tag};{policy.tag()};{masks_tag(sam_pin, sam_tag)}"
+            try:
+                return segment_tag(embedder, policy, sam_pin, masks.pair(plate).preprocess_tag)
+            except RegionError:
+                return None
 
         run_config = {"crop_policy": policy.tag(), "sam_pin": sam_pin, "sam_preprocess_tag": config.sam_preprocess_tag or "newest per plate"}
         return key, cut, expected, run_config
@@ -444,50 +461,54 @@ def _tile_embeddings(
     )  # fmt: skip
 
 
-def _checks(asset: str, extra: dict[str, str]) -> list[dg.AssetCheckSpec]:
-    from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS
-
-    # As for the family assets: one blocking evaluation per step, covering its partitions.
-    return [
-        dg.AssetCheckSpec(name, asset=asset, description=description, blocking=True)
-        for name, description in {**CHECK_DESCRIPTIONS, **extra}.items()
-    ]
+def _region_asset(
+    fn: Callable[..., dg.MaterializeResult], name: str, description: str, pins: str, deps: list, check: str
+) -> dg.AssetsDefinition:
+    """A region asset: plate × ``pins`` partitions, single-run backfills, the gpu pool, the five
+    embedding checks plus its own ``check``, all blocking (one evaluation per step, as for the
+    family assets)."""
+    checks = {**CHECK_DESCRIPTIONS, check: REGION_CHECK_DESCRIPTIONS[check]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy is beta in Dagster 1.13
+        return dg.asset(
+            name=name,
+            description=description,
+            partitions_def=region_partitions(pins),
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            pool=GPU_POOL,
+            group_name=GROUP_REGIONS,
+            code_version=CODE_VERSION,
+            kinds={"pytorch", "parquet"},
+            deps=deps,
+            check_specs=[dg.AssetCheckSpec(n, asset=name, description=d, blocking=True) for n, d in checks.items()],
+        )(fn)
 
 
 with warnings.catch_warnings():
-    # backfill_policy and MultiPartitionMapping are marked beta in Dagster 1.13.
-    warnings.simplefilter("ignore", dg.BetaWarning)
+    warnings.simplefilter("ignore", dg.BetaWarning)  # MultiPartitionMapping is beta in Dagster 1.13
     # The plate dimension maps one to one; a segment key depends on its plate's masks under every
     # SAM pin (an upstream dimension left out of the mapping maps to all of its keys).
     _masks_by_plate = dg.MultiPartitionMapping(
         {"plate": dg.DimensionPartitionMapping("plate", dg.IdentityPartitionMapping())}
     )
-    segment_embeddings = dg.asset(
-        name="segment_embeddings",
-        description="For each SAM mask of a plate, an embedding from one CLIP/SigLIP/DINOv2 pin: partitioned "
-        "by plate × `<embedding pin>~<SAM pin>`. The crop policy and the mask set are in the preprocess tag; "
-        "`region_ref` is the mask record id.",
-        partitions_def=region_partitions("segment_pins"),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=GPU_POOL,
-        group_name=GROUP_REGIONS,
-        code_version=CODE_VERSION,
-        kinds={"pytorch", "parquet"},
-        deps=[dg.AssetDep("sam_masks", partition_mapping=_masks_by_plate), "plate_catalog", PLATE_FILES_KEY],
-        check_specs=_checks("segment_embeddings", {k: v for k, v in REGION_CHECK_DESCRIPTIONS.items() if k.startswith("segment")}),
-    )(_segment_embeddings)
 
-    tile_embeddings = dg.asset(
-        name="tile_embeddings",
-        description="A declared tiling of each plate (tile size, stride, edge policy), each tile embedded by "
-        "one CLIP/SigLIP/DINOv2 pin: partitioned by plate × embedding pin, `scope=tile`, `region_ref` = the "
-        "tile's XYWH in plate pixels.",
-        partitions_def=region_partitions("tile_pins"),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=GPU_POOL,
-        group_name=GROUP_REGIONS,
-        code_version=CODE_VERSION,
-        kinds={"pytorch", "parquet"},
-        deps=["plate_catalog", PLATE_FILES_KEY],
-        check_specs=_checks("tile_embeddings", {k: v for k, v in REGION_CHECK_DESCRIPTIONS.items() if k.startswith("tile")}),
-    )(_tile_embeddings)
+segment_embeddings = _region_asset(
+    _segment_embeddings,
+    "segment_embeddings",
+    "For each SAM mask of a plate, an embedding from one CLIP/SigLIP/DINOv2 pin: partitioned by plate × "
+    "`<embedding pin>~<SAM pin>`. The crop policy and the mask set are in the preprocess tag; `region_ref` is "
+    "the mask record id.",
+    "segment_pins",
+    [dg.AssetDep("sam_masks", partition_mapping=_masks_by_plate), "plate_catalog", PLATE_FILES_KEY],
+    SEGMENT_REFS_RESOLVE,
+)
+tile_embeddings = _region_asset(
+    _tile_embeddings,
+    "tile_embeddings",
+    "A declared tiling of each plate (tile size, stride, edge policy), each tile embedded by one "
+    "CLIP/SigLIP/DINOv2 pin: partitioned by plate × embedding pin, `scope=tile`, `region_ref` = the tile's XYWH "
+    "in plate pixels.",
+    "tile_pins",
+    ["plate_catalog", PLATE_FILES_KEY],
+    TILES_COVER_PLATE,
+)

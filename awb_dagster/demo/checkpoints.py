@@ -104,53 +104,50 @@ def _tiny_dinov2() -> tuple[object, object]:
     return Dinov2Model(config), processor
 
 
-def _tiny_sam() -> tuple[object, object]:
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+# One tiny SAM geometry for SAM and SAM-HQ. The vision neck's output_channels must equal the prompt
+# encoder's and mask decoder's hidden size. SAM initializes its vision tower near zero
+# (initializer_range 1e-10); 0.02 gives random-weight masks with some structure, so the
+# generator's filters have something to keep or reject.
+_TINY_SAM_VISION = {
+    "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "image_size": 64, "patch_size": 16, "window_size": 2, "global_attn_indexes": [1],
+    "mlp_dim": 64, "num_pos_feats": 8, "initializer_range": 0.02,
+}  # fmt: skip
+_TINY_SAM_PROMPT = {"hidden_size": 16, "image_size": 64, "patch_size": 16, "mask_input_channels": 4}
+_TINY_SAM_DECODER = {"hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "iou_head_hidden_dim": 16}  # fmt: skip
 
-    # The vision neck's output_channels must equal the prompt encoder's and mask decoder's hidden size.
-    # SAM initializes its vision tower near zero (initializer_range 1e-10); 0.02 gives random-weight
-    # masks with some structure, so the generator's filters have something to keep or reject.
-    config = SamConfig(
-        vision_config={
-            "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": 64, "patch_size": 16, "window_size": 2, "global_attn_indexes": [1],
-            "mlp_dim": 64, "num_pos_feats": 8, "initializer_range": 0.02,
-        },
-        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16, "mask_input_channels": 4},
-        mask_decoder_config={
-            "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "iou_head_hidden_dim": 16,
-        },
-    )  # fmt: skip
-    # Same recipe as facebook/sam-vit-*: longest side resized, padded square, ImageNet statistics.
-    image_processor = SamImageProcessor(
+
+def _tiny_sam_image_processor() -> object:
+    from transformers import SamImageProcessor
+
+    # Same recipe as facebook/sam-vit-* and syscv-community/sam-hq-vit-*: longest side resized,
+    # padded square, ImageNet statistics.
+    return SamImageProcessor(
         size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}
     )
-    return SamModel(config), SamProcessor(image_processor=image_processor)
+
+
+def _tiny_sam() -> tuple[object, object]:
+    from transformers import SamConfig, SamModel, SamProcessor
+
+    config = SamConfig(
+        vision_config=_TINY_SAM_VISION, prompt_encoder_config=_TINY_SAM_PROMPT, mask_decoder_config=_TINY_SAM_DECODER
+    )
+    return SamModel(config), SamProcessor(image_processor=_tiny_sam_image_processor())
 
 
 def _tiny_sam_hq() -> tuple[object, object]:
-    from transformers import SamHQConfig, SamHQModel, SamHQProcessor, SamImageProcessor
+    from transformers import SamHQConfig, SamHQModel, SamHQProcessor
 
-    # _tiny_sam's geometry; the HQ decoder's vit_dim must equal the vision hidden size, whose
-    # global-attention block (index 1) supplies the early ViT features the HQ token fuses.
+    # The HQ decoder's vit_dim must equal the vision hidden size, whose global-attention block
+    # (index 1) supplies the early ViT features the HQ token fuses.
     config = SamHQConfig(
-        vision_config={
-            "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": 64, "patch_size": 16, "window_size": 2, "global_attn_indexes": [1],
-            "mlp_dim": 64, "num_pos_feats": 8, "initializer_range": 0.02,
-        },
-        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16, "mask_input_channels": 4},
-        mask_decoder_config={
-            "hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "iou_head_hidden_dim": 16, "vit_dim": 32,
-        },
-    )  # fmt: skip
-    # Same recipe as syscv-community/sam-hq-vit-*: SAM's image processor.
-    image_processor = SamImageProcessor(
-        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}
+        vision_config=_TINY_SAM_VISION,
+        prompt_encoder_config=_TINY_SAM_PROMPT,
+        mask_decoder_config={**_TINY_SAM_DECODER, "vit_dim": _TINY_SAM_VISION["hidden_size"]},
     )
-    return SamHQModel(config), SamHQProcessor(image_processor=image_processor)
+    return SamHQModel(config), SamHQProcessor(image_processor=_tiny_sam_image_processor())
 
 
 # The first ten ADE20K class names at their ADE20K ids (facebook/mask2former-*-ade-semantic id2label).

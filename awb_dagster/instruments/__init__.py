@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from awb_dagster.registry.lock import Pin
@@ -29,3 +30,14 @@ def require_pin_of(instrument: Instrument, pin: Pin, error: type[Exception]) -> 
     """Refuse to load ``instrument`` with a pin taken for another model."""
     if pin.model_id != instrument.id:
         raise error(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")
+
+
+def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, local_files_only: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load exactly the pinned weights: the locked sha (never
+    a branch), the home's cache, and remote code only where the registry entry allows it."""
+    return {
+        "revision": pin.sha,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+        "local_files_only": local_files_only,
+        "trust_remote_code": instrument.trust_remote_code,
+    }

@@ -17,7 +17,7 @@ import PIL
 import torch
 
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
-from awb_dagster.instruments import pin_provenance, require_pin_of
+from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -99,27 +99,33 @@ def _input_side(spec: dict[str, Any]) -> int:
     return max(v for size in sizes for k, v in size.items() if k in ("height", "width", "shortest_edge"))
 
 
-def _size_text(size: dict[str, int] | None) -> str:
+def size_text(size: dict[str, int] | None) -> str:
+    """A processor size dict in a tag: ``k=v`` pairs sorted by key, or ``none``."""
     if not size:
         return "none"
     return ",".join(f"{k}={v}" for k, v in sorted(size.items()))
 
 
-def preprocess_tag(spec: dict[str, Any]) -> str:
-    """A tag naming everything that changes pixels; two different pipelines never share one."""
-    crop = f"center:{_size_text(spec['crop_size'])}" if spec["do_center_crop"] else "none"
-    norm = (
+def norm_text(spec: dict[str, Any]) -> str:
+    """A processor's normalization in a tag: ``mean(...)std(...)``, or ``none``."""
+    if not spec["do_normalize"]:
+        return "none"
+    return (
         "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
         "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
-        if spec["do_normalize"]
-        else "none"
     )
+
+
+def preprocess_tag(spec: dict[str, Any]) -> str:
+    """A tag naming everything that changes pixels; two different pipelines never share one."""
+    crop = f"center:{size_text(spec['crop_size'])}" if spec["do_center_crop"] else "none"
+    norm = norm_text(spec)
     rescale = f"{spec['rescale_factor']:.8g}" if spec["do_rescale"] else "none"
     draft = f"jpeg-dct-min-side-{spec['draft_min_side']}" if spec["draft_min_side"] else "none"
     return (
         f"dec={spec['decoder']};draft={draft};color={spec['color_policy']};proc={spec['processor']};"
         f"resize={spec['resize_library']}@{spec['processor_device']}:{spec['resample']}:antialias:"
-        f"{_size_text(spec['size'])};"
+        f"{size_text(spec['size'])};"
         f"crop={crop};rescale={rescale};norm={norm};adapter={ADAPTER_VERSION}"
     )
 
@@ -150,12 +156,7 @@ class ImageEmbedder:
         self.family = FAMILIES[instrument.family]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._hub_kwargs: dict[str, Any] = {
-            "revision": pin.sha,  # always the locked sha, never a branch
-            "cache_dir": str(cache_dir) if cache_dir else None,
-            "local_files_only": local_files_only,
-            "trust_remote_code": instrument.trust_remote_code,
-        }
+        self._hub_kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
         self.processor, self.model = self._load()
         spec = describe_processor(self.processor)
         # JPEGs may decode at a DCT reduction that keeps both sides >= twice the model's

@@ -39,7 +39,7 @@ import torch
 from PIL import Image, ImageOps
 
 from awb_dagster.constants import SAM_FAMILIES
-from awb_dagster.instruments.embedding import InstrumentError, resolve_device, resolve_dtype
+from awb_dagster.instruments.embedding import InstrumentError, norm_text, resolve_device, resolve_dtype, size_text
 from awb_dagster.plates.imaging import (
     COLOR_POLICY,
     COLOR_POLICY_DESCRIPTION,
@@ -47,7 +47,7 @@ from awb_dagster.plates.imaging import (
     load_rgb,
     open_checked,
 )
-from awb_dagster.instruments import pin_provenance, require_pin_of
+from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -152,15 +152,7 @@ def describe_sam_processor(processor: Any) -> dict[str, Any]:
 def preprocess_tag(spec: dict[str, Any], settings: GeneratorSettings) -> str:
     """Everything that changes pixels or which masks come out; two pipelines never share a tag."""
 
-    def sizes(size: dict[str, int] | None) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted((size or {}).items())) or "none"
-
-    norm = (
-        "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
-        "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
-        if spec["do_normalize"]
-        else "none"
-    )
+    sizes, norm = size_text, norm_text(spec)
     return (
         f"dec={spec['decoder']};color={spec['color_policy']};alpha={spec['alpha_policy']};"
         f"work={spec['working_resize']}:max-side={settings.max_working_side};"
@@ -279,11 +271,7 @@ class MaskGenerator:
         self.architecture = ARCHITECTURES[instrument.family]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._hub_kwargs: dict[str, Any] = {
-            "revision": pin.sha,  # always the locked sha, never a branch
-            "cache_dir": str(cache_dir) if cache_dir else None,
-            "local_files_only": local_files_only,
-        }
+        self._hub_kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
         self._weights_dir = weights_dir
         self.processor, self.model = self._load_original() if instrument.source == "url" else self._load()
         spec = describe_sam_processor(self.processor)

@@ -47,8 +47,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from awb_dagster.instruments import pin_provenance, require_pin_of
-from awb_dagster.instruments.embedding import InstrumentError, describe_processor, resolve_device, resolve_dtype
+from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
+from awb_dagster.instruments.embedding import (
+    InstrumentError,
+    describe_processor,
+    norm_text,
+    resolve_device,
+    resolve_dtype,
+    size_text,
+)
 from awb_dagster.instruments.sam import working_size
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag
 from awb_dagster.registry.lock import Pin
@@ -137,15 +144,7 @@ def describe_mask2former_processor(processor: Any) -> dict[str, Any]:
 def preprocess_tag(spec: dict[str, Any], settings: SegmenterSettings) -> str:
     """Everything that changes pixels or labels; two pipelines never share a tag."""
 
-    def sizes(size: dict[str, int] | None) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted((size or {}).items())) or "none"
-
-    norm = (
-        "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
-        "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
-        if spec["do_normalize"]
-        else "none"
-    )
+    sizes, norm = size_text, norm_text(spec)
     rescale = f"{spec['rescale_factor']:.8g}" if spec["do_rescale"] else "none"
     resize = (
         f"{spec['resize_library']}:{spec['resample']}:antialias:{sizes(spec['size'])}:div={spec['size_divisor']}"
@@ -184,11 +183,7 @@ class SemanticSegmenter:
         self.settings = settings
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._hub_kwargs: dict[str, Any] = {
-            "revision": pin.sha,  # always the locked sha, never a branch
-            "cache_dir": str(cache_dir) if cache_dir else None,
-            "local_files_only": local_files_only,
-        }
+        self._hub_kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
         self.processor, self.model = self._load()
         self._probe_processor()
         id2label = self.model.config.id2label

@@ -113,7 +113,7 @@ def converted_repo(sam: torch.nn.Module) -> dict[str, bytes]:
 
 def plate_pixels(plate: str | None, max_side: int) -> tuple[np.ndarray, str]:
     """The plate at working size as HWC uint8 RGB, and where it came from."""
-    from awb_dagster.instruments.sam import working_size
+    from awb_dagster.plates.imaging import working_size
 
     path = Path(plate) if plate else PLATES / DEFAULT_PLATE
     if path.is_file():
@@ -210,8 +210,9 @@ def main() -> int:
     from segment_anything import SamAutomaticMaskGenerator
 
     from awb_dagster.demo.hub import LoopbackHub
-    from awb_dagster.instruments.embedding import resolve_device
-    from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
+    from awb_dagster.instruments.amg import GeneratorSettings
+    from awb_dagster.instruments.common import resolve_device
+    from awb_dagster.instruments.sam import MaskGenerator
     from awb_dagster.registry.hub_settings import set_hub_endpoint
     from awb_dagster.registry.model import Registry
     from awb_dagster.registry.pins import capture_pin

@@ -31,7 +31,8 @@ from awb_dagster.definitions import build_definitions
 from awb_dagster.instance import open_instance
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
-from awb_dagster.provenance.store import RunStore, sha256_file
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.store import RunStore
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
 from awb_dagster.registry.pins import capture_pin

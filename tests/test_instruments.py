@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from awb_dagster.demo.checkpoints import DEMO_REPOS
-from awb_dagster.instruments.embedding import ImageEmbedder, InstrumentError
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.embedding import ImageEmbedder
 from awb_dagster.instruments.streaming import prefetch_batches
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.registry.model import Registry

@@ -19,7 +19,8 @@ from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.provenance.lineage import lineage
 from awb_dagster.provenance.records import record_id
-from awb_dagster.provenance.store import MANIFEST_NAME, RunStore, sha256_file
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.store import MANIFEST_NAME, RunStore
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
 from awb_dagster.registry.pins import capture_pin

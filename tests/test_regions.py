@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from awb_dagster.cli import format_lineage
-from awb_dagster.instruments.sam import load_plate
+from awb_dagster.plates.imaging import load_plate
 from awb_dagster.instruments.regions import CropPolicy, RegionError, Tiling, masks_tag, parse_tile_ref, tile_ref
 from awb_dagster.provenance.checks import SEGMENT_REFS_RESOLVE, TILES_COVER_PLATE
 from awb_dagster.provenance.lineage import lineage

@@ -15,7 +15,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from awb_dagster.instruments.sam import GeneratorSettings, InstrumentError, count_components, mask_sha256, working_size
+from awb_dagster.instruments.amg import GeneratorSettings
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.plates.imaging import working_size
+from awb_dagster.provenance.rows import count_components, mask_sha256
 from awb_dagster.partitions import pins_partitions
 from awb_dagster.provenance.checks import MASKS_DECODE_TO_PLATE_SIZE, check_mask_pairs
 from awb_dagster.provenance.records import mask_schema, mask_table, record_id

@@ -22,8 +22,11 @@ from pycocotools import mask as mask_utils
 
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.demo.checkpoints import build_tiny_original_sam
-from awb_dagster.instruments.embedding import InstrumentError
-from awb_dagster.instruments.sam import ARCHITECTURES, GeneratorSettings, MaskGenerator, load_plate, mask_rows
+from awb_dagster.instruments.amg import GeneratorSettings
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.sam import ARCHITECTURES, MaskGenerator
+from awb_dagster.plates.imaging import load_plate
+from awb_dagster.provenance.rows import mask_rows
 from awb_dagster.partitions import pins_partition_families, pins_partitions
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import Pin, PinLock

@@ -20,8 +20,8 @@ from awb_dagster.runner import SEMANTIC_JOB
 from demo_homes import DemoHome, make_demo_home
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo.checkpoints import _ADE20K_FIRST_LABELS
-from awb_dagster.instruments.embedding import InstrumentError
-from awb_dagster.instruments.sam import load_plate
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.plates.imaging import load_plate
 from awb_dagster.instruments.semantic import (
     TRANSPARENT_LABEL,
     ClassMap,
@@ -39,7 +39,8 @@ from awb_dagster.provenance.checks import (
     check_class_map_pairs,
 )
 from awb_dagster.provenance.records import class_area_schema, record_id
-from awb_dagster.provenance.store import MANIFEST_NAME, sha256_file
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.store import MANIFEST_NAME
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import LicenseOptInError, Registry
 from awb_dagster.runner import materialize_pin_ranges

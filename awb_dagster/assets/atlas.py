@@ -44,12 +44,12 @@ from awb_dagster.atlas.plots import (
     topology_png,
 )
 from awb_dagster.atlas.report import disagreement_markdown, markdown_table, topology_markdown
-from awb_dagster.atlas.spaces import Source, Space, check_scope, load_space, read_space, verified_path
+from awb_dagster.atlas.spaces import Source, Space, check_scope, load_space, read_space
 from awb_dagster.atlas.topology import METHODS, TopologyStep, evaluate_order, first_stop
 from awb_dagster.constants import GROUP_ATLAS
-from awb_dagster.instruments import pin_provenance
+from awb_dagster.instruments.common import pin_provenance
 from awb_dagster.plates.catalog import PlateCatalog
-from awb_dagster.provenance.store import Manifest, OpenRun, RunStore
+from awb_dagster.provenance.store import Manifest, OpenRun, RunStore, verified_path
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Registry, RegistryEntry, UnknownModelError
 from awb_dagster.resources import AwbHome

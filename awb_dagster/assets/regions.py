@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from awb_dagster.assets.steps import add_partition_metadata, check_results, plate_metadata, split_keys
-from awb_dagster.atlas.spaces import verified_path
+from awb_dagster.provenance.store import verified_path
 from awb_dagster.constants import EMBEDDING_FAMILIES, GPU_POOL, GROUP_REGIONS, PLATE_FILES_KEY
 from awb_dagster.instruments.embedding import ADAPTER_VERSION as EMBEDDING_ADAPTER_VERSION
 from awb_dagster.instruments.embedding import ImageEmbedder
@@ -38,7 +38,7 @@ from awb_dagster.instruments.regions import (
     masks_tag,
     tile_ref,
 )
-from awb_dagster.instruments.sam import load_plate
+from awb_dagster.plates.imaging import load_plate
 from awb_dagster.instruments.streaming import prefetch_batches
 from awb_dagster.partitions import region_partitions
 from awb_dagster.plates.catalog import Plate

@@ -20,7 +20,10 @@ from PIL import Image
 
 from awb_dagster.assets.steps import check_results, plate_metadata, sealed_plate_step
 from awb_dagster.constants import GPU_POOL, GROUP_SEGMENTATION, PLATE_FILES_KEY
-from awb_dagster.instruments.sam import ADAPTER_VERSION, GeneratorSettings, MaskGenerator, load_plate, mask_rows
+from awb_dagster.instruments.amg import GeneratorSettings
+from awb_dagster.instruments.sam import ADAPTER_VERSION, MaskGenerator
+from awb_dagster.plates.imaging import load_plate
+from awb_dagster.provenance.rows import mask_rows
 from awb_dagster.partitions import plate_pin_partitions
 from awb_dagster.plates.catalog import Plate
 from awb_dagster.plates.imaging import PlateError

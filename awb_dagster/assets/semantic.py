@@ -26,16 +26,16 @@ from PIL import Image
 from awb_dagster.assets.steps import check_results, plate_metadata, sealed_plate_step
 from awb_dagster.assets.automation import embedding_automation_condition
 from awb_dagster.constants import GPU_POOL, GROUP_SEMANTIC, PIN_DIMENSION, PLATE_FILES_KEY
-from awb_dagster.instruments.sam import load_plate
+from awb_dagster.plates.imaging import load_plate
 from awb_dagster.instruments.semantic import (
     ADAPTER_VERSION,
     ClassMap,
     SegmenterSettings,
     SemanticSegmenter,
-    class_area_rows,
     class_map_png,
 )
 from awb_dagster.partitions import plate_pin_partitions
+from awb_dagster.provenance.rows import class_area_rows
 from awb_dagster.plates.catalog import Plate
 from awb_dagster.plates.imaging import PlateError
 from awb_dagster.provenance.checks import CLASS_MAP_CHECK_DESCRIPTIONS, check_class_map_pairs

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR, SCOPES, tile_pair_key
-from awb_dagster.provenance.store import RunStore, SealedPair, StoreError, sha256_file
+from awb_dagster.provenance.store import RunStore, SealedPair, StoreError, verified_path
 
 _COLUMNS = ["record_id", "plate_id", "plate_sha256", "region_ref", "scope", "vector_l2"]
 
@@ -128,18 +128,6 @@ def choose_pairs(
         if other != tag:
             skipped[f"under another preprocess tag ({other})"] = count
     return [p for p in current if p.preprocess_tag == tag], tag, skipped
-
-
-def verified_path(store: RunStore, run_id: str, artifact: str, sha256: str) -> str:
-    """The artifact's path, once its bytes match the sha256 of its sealed manifest."""
-    path = store.runs_dir / run_id / artifact
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise StoreError(
-            f"{path}: sha256 {actual} does not match {sha256} in the manifest of run {run_id}; the "
-            "sealed artifact was modified. Re-materialize the asset that wrote it (embeddings: with force=True)."
-        )
-    return str(path)
 
 
 def _read(path: str, record_ids: Sequence[str], scope: str) -> pa.Table:

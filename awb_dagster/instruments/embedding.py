@@ -17,7 +17,17 @@ import PIL
 import torch
 
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
-from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
+from awb_dagster.instruments.common import (
+    RESAMPLE_NAMES,
+    InstrumentError,
+    hub_kwargs,
+    norm_text,
+    pin_provenance,
+    require_pin_of,
+    resolve_device,
+    resolve_dtype,
+    size_text,
+)
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -42,31 +52,6 @@ FAMILIES: dict[str, FamilySpec] = {
     "dinov2": FamilySpec("Dinov2Model", "pooler_output"),
 }
 
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-
-class InstrumentError(Exception):
-    """An instrument cannot run: names the model, the pin and what to do."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InstrumentError(f"device {device!r} was requested but CUDA is not available here")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise InstrumentError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
-
-
 def describe_processor(processor: Any) -> dict[str, Any]:
     """Every processor setting that changes pixels, in a stable order."""
     config = processor.to_dict()
@@ -80,7 +65,7 @@ def describe_processor(processor: Any) -> dict[str, Any]:
         "processor": type(processor).__name__,
         "do_resize": config.get("do_resize"),
         "resize_library": resize_library,
-        "resample": _RESAMPLE_NAMES.get(resample, str(resample)),
+        "resample": RESAMPLE_NAMES.get(resample, str(resample)),
         "antialias": True,
         "size": config.get("size"),
         "do_center_crop": config.get("do_center_crop"),
@@ -97,23 +82,6 @@ def _input_side(spec: dict[str, Any]) -> int:
     """The longest side the processor resizes or crops to."""
     sizes = [s for s in (spec.get("size"), spec.get("crop_size")) if s]
     return max(v for size in sizes for k, v in size.items() if k in ("height", "width", "shortest_edge"))
-
-
-def size_text(size: dict[str, int] | None) -> str:
-    """A processor size dict in a tag: ``k=v`` pairs sorted by key, or ``none``."""
-    if not size:
-        return "none"
-    return ",".join(f"{k}={v}" for k, v in sorted(size.items()))
-
-
-def norm_text(spec: dict[str, Any]) -> str:
-    """A processor's normalization in a tag: ``mean(...)std(...)``, or ``none``."""
-    if not spec["do_normalize"]:
-        return "none"
-    return (
-        "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
-        "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
-    )
 
 
 def preprocess_tag(spec: dict[str, Any]) -> str:

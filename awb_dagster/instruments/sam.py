@@ -7,28 +7,15 @@ original segment-anything ``.pth`` converted to ``SamModel``), and runs the segm
 automatic mask generation algorithm on a plate: a point grid per crop layer,
 prompts in bounded batches, predicted-IoU and stability filters, box NMS within and across
 crops, optional small-region cleanup. The algorithm's steps are segment-anything's own pure
-helpers (``segment_anything.utils.amg``) and torchvision's ``batched_nms``; COCO RLE is
-pycocotools'.
+helpers (``segment_anything.utils.amg``) and torchvision's ``batched_nms``.
 
-Record schema (one per mask, see :func:`awb_dagster.provenance.records.mask_schema`):
-
-- ``rle_counts`` / ``rle_size``: COCO RLE (pycocotools, compressed counts as ASCII) at the
-  plate's resolution ``[height, width]``.
-- ``mask_sha256``: sha256 of the decoded mask as C-order ``uint8`` 0/1 bytes, shape
-  ``(height, width)`` (what ``pycocotools.mask.decode`` returns, made contiguous).
-- ``bbox``: XYWH in plate pixels, ``area``: pixel count, ``centroid``: mean (x, y) pixel index.
-- ``area_fraction`` = area / plate pixels, ``bbox_area_fraction`` = bbox area / plate pixels,
-  ``bbox_fill`` = area / bbox area.
-- ``predicted_iou``, ``stability_score``: SAM's quality fields at the working resolution.
-- ``point_coords``: the prompt point (x, y) in plate pixels; ``crop_box``: XYWH in plate pixels.
-- ``fragmentation``: 8-connected components of the mask at plate resolution.
+The model-free steps are in :mod:`awb_dagster.instruments.amg`; the masks become records
+(schema and field meanings) in :func:`awb_dagster.provenance.rows.mask_rows`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +23,30 @@ from typing import Any
 import numpy as np
 import PIL
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from awb_dagster.constants import SAM_FAMILIES
-from awb_dagster.instruments.embedding import InstrumentError, norm_text, resolve_device, resolve_dtype, size_text
-from awb_dagster.plates.imaging import (
-    COLOR_POLICY,
-    COLOR_POLICY_DESCRIPTION,
-    decoder_tag,
-    load_rgb,
-    open_checked,
+from awb_dagster.instruments.amg import (
+    GeneratedMask,
+    GeneratorSettings,
+    join_mask_data,
+    masks_at_plate,
+    nms_across_crops,
+    nms_within_crop,
+    remove_small_regions,
 )
-from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
+from awb_dagster.instruments.common import (
+    RESAMPLE_NAMES,
+    InstrumentError,
+    hub_kwargs,
+    norm_text,
+    pin_provenance,
+    require_pin_of,
+    resolve_device,
+    resolve_dtype,
+    size_text,
+)
+from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, working_size
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -61,9 +60,6 @@ ALPHA_POLICY_DESCRIPTION = (
 )
 WORKING_RESIZE = f"PIL-{PIL.__version__}:bilinear"
 MASK_UPSCALE = "torch-nearest"  # working-resolution masks to plate resolution
-
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
 
 @dataclass(frozen=True)
 class SamArchitecture:
@@ -86,51 +82,6 @@ ARCHITECTURES: dict[str, SamArchitecture] = {
 WEIGHTS_FORMATS = {"hf": "hub-safetensors", "demo": "hub-safetensors", "url": "original-pth-converted"}
 
 
-@dataclass(frozen=True)
-class GeneratorSettings:
-    """Every automatic mask generation parameter; the defaults are segment-anything's, except the
-    memory bounds (``points_per_batch``, ``max_working_side``), which it does not have."""
-
-    points_per_side: int = 32  # grid of points_per_side² prompts on the first crop layer
-    points_per_batch: int = 64  # prompts per decoder pass: bounds memory, does not change results
-    pred_iou_thresh: float = 0.88  # keep masks whose predicted IoU exceeds this (0 disables)
-    stability_score_thresh: float = 0.95  # keep masks whose stability score exceeds this (0 disables)
-    stability_score_offset: float = 1.0  # logit offset of the stability score
-    mask_threshold: float = 0.0  # logit threshold that binarizes masks
-    box_nms_thresh: float = 0.7  # box IoU above which the lower-scoring mask of a crop is dropped
-    crop_n_layers: int = 0  # extra crop layers (layer i has (2**i)² crops)
-    crop_nms_thresh: float = 0.7  # box IoU for NMS across crops (smaller crops win)
-    crop_overlap_ratio: float = 512 / 1500  # overlap of crops, as a fraction of the image side
-    crop_n_points_downscale_factor: int = 1  # points per side shrink by this per crop layer
-    min_mask_region_area: int = 0  # islands and holes below this area are removed (0 disables)
-    max_working_side: int = 1024  # plates larger than this are resized to it before generation
-
-    def __post_init__(self) -> None:
-        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor", "max_working_side"):
-            if getattr(self, name) < 1:
-                raise InstrumentError(f"generator setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("crop_n_layers", "min_mask_region_area"):
-            if getattr(self, name) < 0:
-                raise InstrumentError(f"generator setting {name} must be >= 0, got {getattr(self, name)}")
-
-    def tag(self) -> str:
-        """The settings that change which masks come out (``points_per_batch`` does not)."""
-        fields = asdict(self)
-        fields.pop("points_per_batch")
-        return ",".join(f"{name}={value:g}" for name, value in fields.items())
-
-
-@dataclass(frozen=True)
-class GeneratedMask:
-    """One mask at plate resolution, before it becomes a record."""
-
-    mask: np.ndarray  # bool [height, width]
-    predicted_iou: float
-    stability_score: float
-    point_coords: tuple[float, float]  # plate pixels (x, y)
-    crop_box: tuple[int, int, int, int]  # plate pixels XYWH
-
-
 def describe_sam_processor(processor: Any) -> dict[str, Any]:
     """Every SamImageProcessor setting that changes pixels, in a stable order."""
     config = processor.image_processor.to_dict()
@@ -138,7 +89,7 @@ def describe_sam_processor(processor: Any) -> dict[str, Any]:
         "processor": type(processor.image_processor).__name__,
         "do_resize": config.get("do_resize"),
         "size": config.get("size"),
-        "resample": _RESAMPLE_NAMES.get(config.get("resample"), str(config.get("resample"))),
+        "resample": RESAMPLE_NAMES.get(config.get("resample"), str(config.get("resample"))),
         "do_pad": config.get("do_pad"),
         "pad_size": config.get("pad_size"),
         "do_rescale": config.get("do_rescale"),
@@ -159,73 +110,6 @@ def preprocess_tag(spec: dict[str, Any], settings: GeneratorSettings) -> str:
         f"proc={spec['processor']}:{spec['resample']}:{sizes(spec['size'])}:pad={sizes(spec['pad_size'])};"
         f"norm={norm};model={spec['model_class']}:{spec['weights_format']}:out={spec['prompt_output']};"
         f"amg={settings.tag()};upscale={spec['mask_upscale']};adapter={ADAPTER_VERSION}"
-    )
-
-
-def load_plate(path: Path, sha256: str, *, max_pixels: int) -> tuple[Image.Image, np.ndarray | None]:
-    """The plate as RGB under the color policy, and where it is opaque (None: no alpha)."""
-    rgb = load_rgb(path, max_pixels=max_pixels, expected_sha256=sha256)
-    with open_checked(path, io.BytesIO(Path(path).read_bytes()), max_pixels=max_pixels) as image:
-        if not image.has_transparency_data:
-            return rgb, None
-        alpha = np.asarray(ImageOps.exif_transpose(image).convert("RGBA"))[..., 3]
-    return rgb, alpha > 0
-
-
-def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) with the longest side at most ``max_side``, aspect kept."""
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def count_components(mask: np.ndarray) -> int:
-    """Number of 8-connected components of a 2-D boolean mask (union-find over row runs)."""
-    mask = np.asarray(mask, dtype=bool)
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    starts, ends = np.argwhere(edges == 1), np.argwhere(edges == -1)  # both in row-major order
-    if len(starts) == 0:
-        return 0
-    rows, begin, end = starts[:, 0], starts[:, 1], ends[:, 1]  # run = [begin, end) in row
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    row_start = np.searchsorted(rows, np.arange(mask.shape[0] + 1))
-    for row in range(1, mask.shape[0]):
-        above = range(row_start[row - 1], row_start[row])
-        here = range(row_start[row], row_start[row + 1])
-        j = above.start
-        for i in here:
-            # 8-connectivity: runs touch when they overlap after widening by one pixel.
-            while j < above.stop and end[j] < begin[i]:
-                j += 1
-            k = j
-            while k < above.stop and begin[k] <= end[i]:
-                a, b = find(i), find(k)
-                if a != b:
-                    parent[a] = b
-                k += 1
-    return len({find(i) for i in range(len(rows))})
-
-
-def _join_mask_data(parts: list[Any]) -> Any:
-    """Concatenate fresh ``MaskData`` parts with the same keys, sharing their RLE lists.
-
-    segment-anything's ``MaskData.cat`` deep-copies every RLE it receives; on CPU that copy costs
-    about as much as the mask decoder for detailed masks (profiled in bench/amg_compare.py)."""
-    from segment_anything.utils import amg
-
-    return amg.MaskData(
-        **{
-            key: torch.cat([part[key] for part in parts])
-            if isinstance(value, torch.Tensor)
-            else [item for part in parts for item in part[key]]
-            for key, value in parts[0].items()
-        }
     )
 
 
@@ -345,7 +229,6 @@ class MaskGenerator:
         passing the filters is a valid result: an empty list.
         """
         from segment_anything.utils import amg
-        from torchvision.ops import batched_nms, box_area
 
         settings = self.settings
         width, height = image.size
@@ -358,29 +241,22 @@ class MaskGenerator:
         grids = amg.build_all_layer_point_grids(
             settings.points_per_side, settings.crop_n_layers, settings.crop_n_points_downscale_factor
         )
-        data = _join_mask_data(
+        data = join_mask_data(
             [
                 self._process_crop(pixels, crop_box, grids[layer_idx], (work_h, work_w))
                 for crop_box, layer_idx in zip(crop_boxes, layer_idxs)
             ]
         )
         if len(crop_boxes) > 1 and len(data["rles"]):
-            # Across crops prefer masks from smaller crops, as segment-anything does.
-            scores = 1 / box_area(data["crop_boxes"])
-            keep = batched_nms(
-                data["boxes"].float(), scores.to(data["boxes"].device),
-                torch.zeros_like(data["boxes"][:, 0]), iou_threshold=settings.crop_nms_thresh,
-            )  # fmt: skip
-            data.filter(keep)
+            nms_across_crops(data, settings.crop_nms_thresh)
         if settings.min_mask_region_area > 0 and len(data["rles"]):
-            data = self._remove_small_regions(data)
-        return self._to_plate(data, (width, height), (work_w, work_h), opaque)
+            data = remove_small_regions(data, settings)
+        return masks_at_plate(data, (width, height), (work_w, work_h), opaque)
 
     def _process_crop(
         self, pixels: np.ndarray, crop_box: list[int], grid: np.ndarray, work_hw: tuple[int, int]
     ) -> Any:
         from segment_anything.utils import amg
-        from torchvision.ops import batched_nms
 
         x0, y0, x1, y1 = crop_box
         crop = pixels[y0:y1, x0:x1]
@@ -389,18 +265,14 @@ class MaskGenerator:
         inputs = self.processor(images=Image.fromarray(crop), return_tensors="pt")
         embeddings = self._image_features(inputs["pixel_values"].to(self.device, self.dtype))
         points = grid * np.array([[crop_w, crop_h]])  # (x, y) in crop pixels
-        data = _join_mask_data(
+        data = join_mask_data(
             [
                 self._process_batch(batch, embeddings, inputs, crop_box, work_hw)
                 for (batch,) in amg.batch_iterator(self.settings.points_per_batch, points)
             ]
         )
         if len(data["rles"]):
-            keep = batched_nms(
-                data["boxes"].float(), data["iou_preds"],
-                torch.zeros_like(data["boxes"][:, 0]), iou_threshold=self.settings.box_nms_thresh,
-            )  # fmt: skip
-            data.filter(keep)
+            nms_within_crop(data, self.settings.box_nms_thresh)
         data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = amg.uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.float32).reshape(-1, 4)
@@ -464,52 +336,6 @@ class MaskGenerator:
         del data["masks"]
         return data
 
-    def _remove_small_regions(self, data: Any) -> Any:
-        """segment-anything's own postprocess_small_regions (fill small holes, drop small islands,
-        re-NMS preferring untouched masks), at the NMS threshold its generator uses."""
-        from segment_anything import SamAutomaticMaskGenerator
-
-        settings = self.settings
-        return SamAutomaticMaskGenerator.postprocess_small_regions(
-            data, settings.min_mask_region_area, max(settings.box_nms_thresh, settings.crop_nms_thresh)
-        )
-
-    def _to_plate(
-        self, data: Any, plate_wh: tuple[int, int], work_wh: tuple[int, int], opaque: np.ndarray | None
-    ) -> list[GeneratedMask]:
-        from segment_anything.utils import amg
-
-        width, height = plate_wh
-        scale_x, scale_y = width / work_wh[0], height / work_wh[1]
-        if opaque is not None and opaque.shape != (height, width):
-            raise InstrumentError(f"alpha mask is {opaque.shape[::-1]}, the plate {plate_wh}")
-        masks: list[GeneratedMask] = []
-        order = np.argsort(-data["iou_preds"].float().cpu().numpy(), kind="stable") if len(data["rles"]) else []
-        for i in order:
-            mask = torch.from_numpy(amg.rle_to_mask(data["rles"][i]))
-            if work_wh != plate_wh:
-                mask = torch.nn.functional.interpolate(mask[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0
-            plate_mask = mask.numpy().astype(bool)
-            if opaque is not None:
-                plate_mask &= opaque
-            if not plate_mask.any():
-                continue
-            x0, y0, x1, y1 = data["crop_boxes"][i].tolist()
-            px, py = data["points"][i].tolist()
-            masks.append(
-                GeneratedMask(
-                    mask=plate_mask,
-                    predicted_iou=float(data["iou_preds"][i]),
-                    stability_score=float(data["stability_score"][i]),
-                    point_coords=(float(px) * scale_x, float(py) * scale_y),
-                    crop_box=(
-                        round(x0 * scale_x), round(y0 * scale_y),
-                        round((x1 - x0) * scale_x), round((y1 - y0) * scale_y),
-                    ),
-                )  # fmt: skip
-            )
-        return masks
-
     def describe(self) -> dict[str, Any]:
         """The instrument as the run manifest records it, generator settings included."""
         return {
@@ -527,68 +353,3 @@ class MaskGenerator:
             "generator": asdict(self.settings),
         }
 
-
-def mask_sha256(mask: np.ndarray) -> str:
-    """sha256 of a decoded mask as C-order uint8 0/1 bytes (see the module docstring)."""
-    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()
-
-
-def mask_rows(
-    masks: list[GeneratedMask],
-    *,
-    plate_id: str,
-    plate_sha256: str,
-    model_id: str,
-    model_sha: str,
-    pin_key: str,
-    preprocess_tag: str,
-    run_id: str,
-) -> list[dict[str, Any]]:
-    """Records of ``masks`` (schema: :func:`awb_dagster.provenance.records.mask_schema`).
-
-    Identical masks (possible only when NMS is disabled) would share a record id; the first,
-    best-scoring one is kept.
-    """
-    from pycocotools import mask as mask_utils
-
-    from awb_dagster.provenance.records import record_fields
-
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for generated in masks:
-        mask = generated.mask
-        height, width = mask.shape
-        digest = mask_sha256(mask)
-        if digest in seen:
-            continue
-        seen.add(digest)
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
-        area = int(mask_utils.area(rle))
-        ys, xs = np.nonzero(mask)
-        plate_area = width * height
-        rows.append(
-            {
-                **record_fields(
-                    plate_id=plate_id, plate_sha256=plate_sha256, model_id=model_id, model_sha=model_sha,
-                    pin_key=pin_key, preprocess_tag=preprocess_tag, run_id=run_id,
-                    scope="segment", region=f"mask-sha256:{digest}",
-                ),  # fmt: skip
-                "mask_index": len(rows),
-                "rle_counts": rle["counts"].decode("ascii"),
-                "rle_size": [int(height), int(width)],
-                "mask_sha256": digest,
-                "bbox": [x, y, w, h],
-                "area": area,
-                "centroid": [float(xs.mean()), float(ys.mean())],
-                "area_fraction": area / plate_area,
-                "bbox_area_fraction": (w * h) / plate_area,
-                "bbox_fill": area / (w * h),
-                "predicted_iou": generated.predicted_iou,
-                "stability_score": generated.stability_score,
-                "point_coords": list(generated.point_coords),
-                "crop_box": list(generated.crop_box),
-                "fragmentation": count_components(mask),
-            }
-        )
-    return rows

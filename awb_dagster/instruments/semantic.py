@@ -26,7 +26,8 @@ transparent id is the dtype's maximum (255 or 65535). Stored as a lossless PNG (
 ``I;16``).
 
 Record schema (one row per class present on the plate, see
-:func:`awb_dagster.provenance.records.class_area_schema`):
+:func:`awb_dagster.provenance.records.class_area_schema`; rows are built by
+:func:`awb_dagster.provenance.rows.class_area_rows`):
 
 - ``class_id``, ``label``: the class (``config.id2label``) or the transparent id and label.
 - ``pixel_count``: pixels of that class in the class map; the rows of a plate sum to its area.
@@ -47,17 +48,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from awb_dagster.instruments import hub_kwargs, pin_provenance, require_pin_of
-from awb_dagster.instruments.embedding import (
+from awb_dagster.instruments.common import (
     InstrumentError,
-    describe_processor,
+    hub_kwargs,
     norm_text,
+    pin_provenance,
+    require_pin_of,
     resolve_device,
     resolve_dtype,
     size_text,
 )
-from awb_dagster.instruments.sam import working_size
-from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag
+from awb_dagster.instruments.embedding import describe_processor
+from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, working_size
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
 
@@ -282,40 +284,3 @@ class SemanticSegmenter:
             "id2label": {str(i): name for i, name in self.labels.items()},
         }
 
-
-def class_area_rows(
-    class_map: ClassMap,
-    *,
-    plate_id: str,
-    plate_sha256: str,
-    model_id: str,
-    model_sha: str,
-    pin_key: str,
-    preprocess_tag: str,
-    run_id: str,
-    class_map_path: str,
-    class_map_sha256: str,
-) -> list[dict[str, Any]]:
-    """Records of ``class_map``, most pixels first (schema:
-    :func:`awb_dagster.provenance.records.class_area_schema`)."""
-    from awb_dagster.provenance.records import record_fields
-
-    height, width = class_map.class_ids.shape
-    plate_area = height * width
-    return [
-        {
-            **record_fields(
-                plate_id=plate_id, plate_sha256=plate_sha256, model_id=model_id, model_sha=model_sha,
-                pin_key=pin_key, preprocess_tag=preprocess_tag, run_id=run_id,
-                scope="plate", region=f"class:{class_id}",
-            ),  # fmt: skip
-            "scope": "plate",
-            "class_id": class_id,
-            "label": class_map.labels.get(class_id, f"unlabelled-{class_id}"),
-            "pixel_count": count,
-            "area_fraction": count / plate_area,
-            "class_map_path": class_map_path,
-            "class_map_sha256": class_map_sha256,
-        }
-        for class_id, count in class_map.pixel_counts().items()
-    ]

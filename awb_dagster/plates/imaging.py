@@ -8,7 +8,6 @@ and :data:`COLOR_POLICY_DESCRIPTION` go into every preprocess tag.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import BinaryIO
 import numpy as np
 import PIL
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
+
+from awb_dagster.hashing import sha256_stream
 
 COLOR_POLICY = "rgb-v1"
 COLOR_POLICY_DESCRIPTION = (
@@ -39,7 +40,6 @@ SUPPORTED_MODES = _HIGH_BIT_GRAY_MODES | _CONVERTIBLE_MODES
 
 # EXIF orientations 5-8 transpose the image, so its width and height swap.
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-_HASH_CHUNK = 1 << 20
 
 
 class PlateError(Exception):
@@ -78,14 +78,6 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     if exif_orientation(image) in _SWAPPING_ORIENTATIONS:
         return height, width
     return width, height
-
-
-def sha256_stream(stream: BinaryIO) -> str:
-    """Hex sha256 of everything left in ``stream``, read in chunks."""
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def open_checked(
@@ -166,6 +158,16 @@ def load_rgb(
     never be attributed to a catalog record whose file has since changed.
     ``draft_min_side`` allows reduced-scale JPEG decoding (see :func:`open_checked`).
     """
+    data = read_plate_bytes(path, expected_sha256)
+    with open_checked(
+        path, io.BytesIO(data), max_pixels=max_pixels, draft_min_side=draft_min_side
+    ) as image:
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def read_plate_bytes(path: str | os.PathLike[str], expected_sha256: str | None) -> bytes:
+    """The bytes of ``path``, refused when empty, unreadable or (with ``expected_sha256``) changed
+    since the catalog scanned them."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -173,17 +175,35 @@ def load_rgb(
     if not data:
         raise PlateError(path, "zero bytes")
     if expected_sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
+        actual = sha256_stream(io.BytesIO(data))
         if actual != expected_sha256:
             raise PlateError(
                 path,
                 f"file changed since it was scanned (sha256 {actual}, catalog has "
                 f"{expected_sha256}); rescan the plate folder",
             )
-    with open_checked(
-        path, io.BytesIO(data), max_pixels=max_pixels, draft_min_side=draft_min_side
-    ) as image:
-        return to_rgb(ImageOps.exif_transpose(image))
+    return data
+
+
+def load_plate(
+    path: str | os.PathLike[str], sha256: str, *, max_pixels: int
+) -> tuple[Image.Image, np.ndarray | None]:
+    """The plate as RGB under the color policy, and where it is opaque (bool [height, width]; None:
+    the file has no alpha). The bytes are read once and checked against ``sha256``."""
+    data = read_plate_bytes(path, sha256)
+    with open_checked(path, io.BytesIO(data), max_pixels=max_pixels) as image:
+        oriented = ImageOps.exif_transpose(image)
+        rgb = to_rgb(oriented)
+        if not image.has_transparency_data:
+            return rgb, None
+        alpha = np.asarray(oriented.convert("RGBA"))[..., 3]
+    return rgb, alpha > 0
+
+
+def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) with the longest side at most ``max_side``, aspect kept."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.rows import mask_sha256
 from awb_dagster.provenance.store import RunStore, SealedPair
 from awb_dagster.provenance.verify import verify_artifacts
 
@@ -170,8 +172,6 @@ def check_mask_pairs(
     """Decode every mask of ``pairs``; ``plate_sizes`` maps plate sha256 -> (height, width)."""
     from pycocotools import mask as mask_utils
 
-    from awb_dagster.instruments.sam import mask_sha256
-
     outcome = CheckOutcome(MASKS_DECODE_TO_PLATE_SIZE)
     for pair in pairs:
         name = f"{pair.run_id}/{pair.artifact}"
@@ -310,7 +310,6 @@ def check_class_map_pairs(
     """Decode every class map of ``pairs`` and recount its areas; ``plate_sizes`` maps plate
     sha256 -> (height, width)."""
     from awb_dagster.instruments.semantic import decode_class_map
-    from awb_dagster.provenance.store import sha256_file
 
     decodes = CheckOutcome(CLASS_MAP_DECODES_TO_PLATE_SIZE)
     sums = CheckOutcome(CLASS_AREAS_SUM_TO_PLATE)

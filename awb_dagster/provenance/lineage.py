@@ -6,7 +6,8 @@ from typing import Any
 
 import polars as pl
 
-from awb_dagster.provenance.store import RunStore, sha256_file
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.store import RunStore
 
 
 def lineage(store: RunStore, record_id: str) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def embedding_table(rows: list[dict], vectors: np.ndarray) -> pa.Table:
 
 
 def mask_schema() -> pa.Schema:
-    """Schema of a mask artifact: one row per mask (field meanings: ``awb_dagster.instruments.sam``)."""
+    """Schema of a mask artifact: one row per mask (field meanings: ``awb_dagster.provenance.rows``)."""
     return pa.schema(
         [
             *RECORD_FIELDS,

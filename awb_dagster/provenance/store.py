@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from awb_dagster.atomic import write_json_atomic
+from awb_dagster.hashing import sha256_file
 
 MANIFEST_NAME = "run.manifest.json"
 MANIFEST_VERSION = 1
@@ -48,14 +49,6 @@ class StoreError(Exception):
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -305,3 +298,15 @@ class RunStore:
             f"record {record_id} is in no sealed run under {self.runs_dir} "
             "(check the id, or the --home the run was made with)"
         )
+
+
+def verified_path(store: RunStore, run_id: str, artifact: str, sha256: str) -> str:
+    """The artifact's path, once its bytes match the sha256 of its sealed manifest."""
+    path = store.runs_dir / run_id / artifact
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise StoreError(
+            f"{path}: sha256 {actual} does not match {sha256} in the manifest of run {run_id}; the "
+            "sealed artifact was modified. Re-materialize the asset that wrote it (embeddings: with force=True)."
+        )
+    return str(path)

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from awb_dagster.provenance.store import MANIFEST_NAME, Manifest, sha256_file
+from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.store import MANIFEST_NAME, Manifest
 
 ProblemKind = Literal["missing", "unreadable", "altered", "unlisted"]
 

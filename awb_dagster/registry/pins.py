@@ -30,6 +30,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import httpx
 
+from awb_dagster.hashing import sha256_file
 from awb_dagster.paths import HomePaths, resolve_home
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.model import Instrument
@@ -206,7 +207,7 @@ def fetch_weight_file(
     root = Path(weights_dir) if weights_dir is not None else weight_files_dir()
     path = root / sha256 / name
     if path.is_file():
-        actual = _file_sha256(path)
+        actual = sha256_file(path)
         if actual != sha256:
             raise WeightShaMismatchError(
                 f"{path}: sha256 is {actual}, expected {sha256} for {instrument.id} ({name}). It is not the"
@@ -258,11 +259,6 @@ def _download(url: str, target: Path, instrument: Instrument) -> str:
             f" to a mirror serving {instrument.weight_file}, or copy the file into {target.parent} by hand."
         ) from error
     return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def followed_revision(pin: Pin) -> str:

@@ -1,0 +1,91 @@
+"""What every instrument adapter shares: its error, the torch device and dtype it runs on, the
+hub arguments that load exactly the pinned weights, its manifest identity, and the text of
+processor settings in preprocess tags. No Dagster here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.model import Instrument
+
+# PIL resample codes as image processors store them, by name (the name goes into preprocess tags).
+RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class InstrumentError(Exception):
+    """An instrument cannot run: names the model, the pin and what to do."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``; CUDA must be present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InstrumentError(f"device {device!r} was requested but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise InstrumentError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+
+
+def require_pin_of(instrument: Instrument, pin: Pin, error: type[Exception]) -> None:
+    """Refuse to load ``instrument`` with a pin taken for another model."""
+    if pin.model_id != instrument.id:
+        raise error(f"pin {pin.key} is for {pin.model_id}, not {instrument.id}")
+
+
+def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, local_files_only: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load exactly the pinned weights: the locked sha (never
+    a branch), the home's cache, and remote code only where the registry entry allows it."""
+    return {
+        "revision": pin.sha,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+        "local_files_only": local_files_only,
+        "trust_remote_code": instrument.trust_remote_code,
+    }
+
+
+def pin_provenance(instrument: Instrument, pin: Pin) -> dict[str, Any]:
+    """The identity part of an instrument's manifest entry: which model, which weights,
+    under which license, with its declared failure modes."""
+    return {
+        "model_id": instrument.id,
+        "instrument_key": instrument.key,
+        "family": instrument.family,
+        "pin_key": pin.key,
+        "sha": pin.sha,
+        "pin": pin.to_json(),
+        "license": instrument.license,  # as the registry declares it, never assumed
+        "license_captured": pin.license,  # what the hub said when the pin was taken
+        "failure_modes": list(instrument.failure_modes),
+        "demo": instrument.demo,
+    }
+
+
+def size_text(size: dict[str, int] | None) -> str:
+    """A processor size dict in a tag: ``k=v`` pairs sorted by key, or ``none``."""
+    if not size:
+        return "none"
+    return ",".join(f"{k}={v}" for k, v in sorted(size.items()))
+
+
+def norm_text(spec: dict[str, Any]) -> str:
+    """A processor's normalization in a tag: ``mean(...)std(...)``, or ``none``."""
+    if not spec["do_normalize"]:
+        return "none"
+    return (
+        "mean(" + ",".join(f"{x:g}" for x in spec["image_mean"]) + ")"
+        "std(" + ",".join(f"{x:g}" for x in spec["image_std"]) + ")"
+    )

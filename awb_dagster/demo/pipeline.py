@@ -9,6 +9,7 @@ from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES
 from awb_dagster.paths import HomePaths
+from awb_dagster.provenance.report import format_lineage, text_table
 
 SAMPLE_PLATES = Path(__file__).resolve().parent.parent / "sample_plates"
 
@@ -19,7 +20,6 @@ def _say(message: str) -> None:
 
 def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.assets.plates import scan_plates, sync_partitions
-    from awb_dagster.cli import _table, format_lineage
     from awb_dagster.definitions import build_definitions
     from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos
     from awb_dagster.demo.hub import LoopbackHub
@@ -34,7 +34,6 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
 
     paths = HomePaths(home)
     paths.root.mkdir(parents=True, exist_ok=True)
-    os.environ["AWB_HOME"] = str(paths.root)
     _say(f"awb demo: home {paths.root}")
 
     hub = LoopbackHub(paths.hub)
@@ -97,7 +96,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
                     }
                 )
         _say("")
-        _say(_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
+        _say(text_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
         if not _atlas_summary(defs, instance, len(plate_ids)):
             return 1
         if not _sam_summary(defs, instance, registry):
@@ -197,7 +196,6 @@ def _region_summary(defs, instance, registry, home_resource) -> str | None:
     """Segment embeddings (each demo CLIP/DINOv2 pin × each demo SAM pin) and tile embeddings
     (each demo CLIP/DINOv2 pin); prints one row per pin pair. Returns one segment record id
     ("" when no mask passed), None on a failed run."""
-    from awb_dagster.cli import _table
     from awb_dagster.provenance.records import segment_pin_key, tile_pair_key
     from awb_dagster.runner import materialize_regions
 
@@ -228,7 +226,7 @@ def _region_summary(defs, instance, registry, home_resource) -> str | None:
              "records": len(records), "seconds": f"{time.perf_counter() - started:.1f}"}
         )  # fmt: skip
     _say(f"\nregion embeddings (segments: {DEMO_SEGMENT_CONFIG}, tiles: {DEMO_TILE_CONFIG}):")
-    _say(_table(rows, ["asset", "key", "plates", "records", "seconds"]))
+    _say(text_table(rows, ["asset", "key", "plates", "records", "seconds"]))
     return first_segment
 
 

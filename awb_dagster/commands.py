@@ -1,0 +1,172 @@
+"""The `awb` commands that drive the hub, Dagster and the models: ``pin``, ``plates add``,
+``run`` and ``demo``. `awb_dagster.cli` imports this module only when one of them runs, so
+the read-only commands (registry, plates list, lineage, runs) start without Dagster, the hub
+client or torch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from awb_dagster.constants import SEMANTIC_FAMILIES
+from awb_dagster.paths import HomePaths, resolve_home
+from awb_dagster.provenance.report import text_table
+
+
+def sync_if_instance(paths: HomePaths) -> None:
+    """Register new pins/plates as partitions of this home's Dagster instance."""
+    from awb_dagster.assets.plates import sync_partitions
+    from awb_dagster.instance import open_instance
+    from awb_dagster.resources import AwbHome
+
+    added = sync_partitions(open_instance(paths), AwbHome(home=str(paths.root)))
+    for name, keys in added.items():
+        print(f"registered {len(keys)} new {name} partition(s)")
+
+
+# --- pins ---------------------------------------------------------------------------------
+
+
+def pin(args) -> int:
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+    from awb_dagster.registry.pins import PinError, capture_pin
+
+    if args.status:
+        return _pin_status(args)
+    if args.retire:
+        return _pin_retire(args)
+    paths = HomePaths(resolve_home(args.home))
+    registry = Registry.load(lock_path=paths.lock)
+    if args.all:
+        entries = [e for e in registry.entries if e.instrument.source == "hf"]
+    elif args.models:
+        entries = [registry.get(m) for m in args.models]
+    else:
+        print("name a model or use --all", file=sys.stderr)
+        return 2
+    lock = PinLock.load(paths.lock)
+    failed = 0
+    for entry in entries:
+        try:
+            captured = capture_pin(
+                entry.instrument,
+                revision=args.revision,
+                endpoint=args.endpoint,
+                token=os.environ.get("HF_TOKEN"),
+                weights_dir=paths.weights,  # url-source weight files live in this home
+            )
+        except PinError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        changed = lock.add(captured)
+        print(f"{'pinned' if changed else 'unchanged'} {entry.instrument.id} -> {captured.key} (license {captured.license})")
+    lock.save(paths.lock)
+    sync_if_instance(paths)
+    return 1 if failed else 0
+
+
+def _pin_status(args) -> int:
+    """Report whether the hub moved past each model's active pin; changes nothing."""
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+    from awb_dagster.registry.pins import pin_statuses
+
+    paths = HomePaths(resolve_home(args.home))
+    pins = PinLock.load(paths.lock).active_pins()
+    if args.models:
+        registry = Registry.load(lock_path=paths.lock)
+        wanted = {registry.get(m).instrument.id for m in args.models}
+        pins = tuple(p for p in pins if p.model_id in wanted)
+    statuses = pin_statuses(pins, endpoint=args.endpoint, token=os.environ.get("HF_TOKEN"))
+    rows = [{**s.to_row(), "pinned_sha": s.pin.sha[:10], "hub_head": (s.head or "")[:10]} for s in statuses]
+    print(text_table(rows, ["model_id", "pin", "followed", "pinned_sha", "hub_head", "state"]))
+    for status in statuses:
+        if status.error is not None:
+            print(f"error: {status.error}", file=sys.stderr)
+        elif status.moved:
+            print(f"{status.pin.model_id}: the hub's {status.followed} is at {status.head}; "
+                  f"`awb pin {status.pin.model_id}` pins it (the old pin and its history stay)")
+    if not statuses:
+        print(f"no active pins in {paths.lock} (`awb pin MODEL`)")
+    return 1 if any(s.error is not None for s in statuses) else 0
+
+
+def _pin_retire(args) -> int:
+    """Mark pins retired: no further automation; partitions, sealed runs and lineage stay."""
+    from awb_dagster.registry.lock import PinLock
+
+    paths = HomePaths(resolve_home(args.home))
+    lock = PinLock.load(paths.lock)
+    for pin_key in args.retire:
+        retired = lock.retire_key(pin_key)
+        state = "was already retired" if retired.retired else "retired"
+        print(f"{pin_key} ({retired.model_id}) {state}: no further automation; its history stays readable")
+    lock.save(paths.lock)
+    return 0
+
+
+# --- plates -------------------------------------------------------------------------------
+
+
+def plates_add(args) -> int:
+    from awb_dagster.assets.plates import scan_plates
+    from awb_dagster.resources import AwbHome
+
+    paths = HomePaths(resolve_home(args.home))
+    home = AwbHome(home=str(paths.root))
+    if args.max_pixels:
+        home = home.model_copy(update={"max_pixels": args.max_pixels})
+    catalog, result = scan_plates(home, [Path(d) for d in args.dirs])
+    print(result.summary())
+    for rejection in result.rejected:
+        print(f"rejected {rejection.path}: {rejection.reason}")
+    print(f"catalog: {catalog.path} ({len(catalog.plates)} plates)")
+    sync_if_instance(paths)
+    return 0
+
+
+# --- runs and demo ------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    from awb_dagster.definitions import build_definitions
+    from awb_dagster.instance import open_instance
+    from awb_dagster.partitions import pins_partitions
+    from awb_dagster.runner import materialize_family, materialize_masks, materialize_regions, materialize_semantic
+
+    paths = HomePaths(resolve_home(args.home))
+    instance = open_instance(paths)
+    sync_if_instance(paths)
+    region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
+    partitions_name = f"{region_scope}_pins" if region_scope else pins_partitions[args.family].name
+    pins = instance.get_dynamic_partitions(partitions_name)
+    chosen = [args.pin] if args.pin else pins[-1:]
+    if not chosen or chosen[0] not in pins:
+        print(f"no pin {args.pin or ''} for family {args.family}; pinned: {pins or 'none'} (`awb pin MODEL`)", file=sys.stderr)
+        return 2
+    plates = None if args.plates in (None, ["all"]) else args.plates
+    # The home goes to the resources explicitly: runs execute in this process.
+    defs = build_definitions(home=str(paths.root), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    ok = True
+    for pin_key in chosen:
+        if region_scope:
+            runs = materialize_regions(defs, instance, region_scope, pin_key, plates, config={"force": args.force})
+        elif args.family == "sam":
+            runs = materialize_masks(defs, instance, pin_key, plates, config={"force": args.force})
+        elif args.family in SEMANTIC_FAMILIES:
+            runs = materialize_semantic(defs, instance, pin_key, plates, config={"force": args.force})
+        else:
+            runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
+        for result in runs:
+            ok &= result.success
+            print(f"{'ok' if result.success else 'FAILED'} {pin_key}: {len(result.plate_ids)} plates, dagster run {result.dagster_run_id}")
+    return 0 if ok else 1
+
+
+def demo(args) -> int:
+    from awb_dagster.demo.pipeline import run_demo
+
+    return run_demo(resolve_home(args.home), Path(args.plates) if args.plates else None)

@@ -17,6 +17,15 @@ import PIL
 import torch
 
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
+from awb_dagster.instruments.decoding import (
+    DECODERS,
+    EncodedJpeg,
+    decode_jpeg_to_pil,
+    decode_jpegs,
+    read_jpeg,
+    torch_decodable,
+    torch_decoder_tag,
+)
 from awb_dagster.instruments.common import (
     RESAMPLE_NAMES,
     InstrumentError,
@@ -112,7 +121,12 @@ class ImageEmbedder:
         local_files_only: bool = False,
         jpeg_draft: bool = True,
         preprocess_on_device: bool | None = None,
+        decoder: str = "pil",
     ):
+        if decoder not in DECODERS:
+            raise InstrumentError(
+                f"{instrument.id}: decoder must be one of {', '.join(DECODERS)}, got {decoder!r}"
+            )
         if instrument.family not in FAMILIES:
             raise InstrumentError(
                 f"{instrument.id}: family {instrument.family!r} has no embedding adapter "
@@ -140,7 +154,15 @@ class ImageEmbedder:
         spec.update(decoder=decoder_tag(), color_policy=COLOR_POLICY)
         spec["color_policy_description"] = COLOR_POLICY_DESCRIPTION
         self.preprocess_spec = spec
+        # The PIL path's tag: prepare(image), and every plate the declared decoder leaves to PIL.
         self.preprocess_tag = preprocess_tag(spec)
+        # decoder="torchvision": JPEGs (RGB or L) decode with decode_jpeg where the processor runs
+        # (nvjpeg, batched, on CUDA; libjpeg in the decode workers on the CPU), always at full size.
+        self.decoder = decoder
+        on_gpu = self.preprocess_on_device and self.device.type == "cuda"
+        self._decode_device = self.device if on_gpu else torch.device("cpu")
+        self.torch_spec = {**spec, "decoder": torch_decoder_tag(self._decode_device), "draft_min_side": None}
+        self._torch_tag = preprocess_tag(self.torch_spec)
         self.dim = self._probe_dim()
 
     def _load(self) -> tuple[Any, torch.nn.Module]:
@@ -183,9 +205,33 @@ class ImageEmbedder:
                 )
         return dim
 
-    def load_plate(self, path: Path, sha256: str, *, max_pixels: int) -> torch.Tensor:
-        """Plate file -> prepared tensor (see :meth:`prepare`) by the declared decode policy.
-        Thread-safe; runs in the decode workers."""
+    def tag_for(self, plate_format: str, plate_mode: str) -> str:
+        """The preprocess tag of a plate with these catalog facts: the tag of the pipeline that
+        will make its pixels (with decoder "pil", always :attr:`preprocess_tag`)."""
+        if self.decoder == "torchvision" and torch_decodable(plate_format, plate_mode):
+            return self._torch_tag
+        return self.preprocess_tag
+
+    def load_plate(
+        self,
+        path: Path,
+        sha256: str,
+        *,
+        max_pixels: int,
+        plate_format: str | None = None,
+        plate_mode: str | None = None,
+    ) -> torch.Tensor | EncodedJpeg:
+        """Plate file -> an item for :meth:`pixel_values`, by the pipeline :meth:`tag_for` names
+        for the plate's catalog facts (without them: the PIL path, :attr:`preprocess_tag`).
+        Thread-safe; runs in the decode workers. On the torchvision path with CUDA it only reads
+        and verifies the bytes; the batch decodes on the device in :meth:`pixel_values`."""
+        if self.decoder == "torchvision" and torch_decodable(plate_format, plate_mode):
+            encoded = read_jpeg(path, sha256, max_pixels=max_pixels)
+            if self._decode_device.type == "cuda":
+                return encoded
+            if self.preprocess_on_device:
+                return decode_jpegs([encoded], self._decode_device)[0]
+            return self.prepare(decode_jpeg_to_pil(encoded))
         image = load_rgb(
             path,
             max_pixels=max_pixels,
@@ -201,11 +247,17 @@ class ImageEmbedder:
             return torch.from_numpy(np.array(image)).permute(2, 0, 1)
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    def pixel_values(self, prepared: list[torch.Tensor]) -> torch.Tensor:
-        """A batch of :meth:`prepare` outputs -> model input [B, 3, H, W] on the device."""
+    def pixel_values(self, prepared: list[torch.Tensor | EncodedJpeg]) -> torch.Tensor:
+        """A batch of :meth:`prepare` or :meth:`load_plate` outputs, in any mix -> model input
+        [B, 3, H, W] on the device. Encoded JPEGs decode here, in one batched call."""
         if not self.preprocess_on_device:
             return torch.stack(prepared).to(self.device, non_blocking=True)
-        on_device = [pixels.to(self.device, non_blocking=True) for pixels in prepared]
+        encoded = [item for item in prepared if isinstance(item, EncodedJpeg)]
+        decoded = iter(decode_jpegs(encoded, self._decode_device))
+        on_device = [
+            next(decoded) if isinstance(item, EncodedJpeg) else item.to(self.device, non_blocking=True)
+            for item in prepared
+        ]
         return self.processor(images=on_device, return_tensors="pt", device=self.device)["pixel_values"]
 
     @torch.inference_mode()
@@ -228,4 +280,10 @@ class ImageEmbedder:
             "dtype": str(self.dtype).removeprefix("torch."),
             "preprocess_tag": self.preprocess_tag,
             "preprocess": self.preprocess_spec,
+            "decoder": self.decoder,
+            **(
+                {"torchvision_preprocess_tag": self._torch_tag, "torchvision_preprocess": self.torch_spec}
+                if self.decoder == "torchvision"
+                else {}
+            ),
         }

@@ -33,6 +33,12 @@ class TorchResource(dg.ConfigurableResource):
         description="Decode JPEGs at the largest DCT reduction keeping both sides >= 2x the "
         "model input side (recorded in the preprocess tag); False decodes at full size",
     )
+    decoder: Literal["pil", "torchvision"] = Field(
+        default="pil",
+        description="Plate decoder of the embedding families: pil, or torchvision (decode_jpeg, batched "
+        "nvjpeg on CUDA, full size) for RGB/grayscale JPEGs with PIL for every other plate; each "
+        "plate's preprocess tag names the decoder that made its pixels",
+    )
 
     def resolved_device(self) -> str:
         return str(resolve_device(self.device))
@@ -62,7 +68,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         """The loaded embedder for ``pin_key``, after the admission and license gates.
         ``jpeg_draft`` overrides the torch setting (regions need full-resolution plates)."""
         draft = self.torch.jpeg_draft if jpeg_draft is None else jpeg_draft
-        key = f"{pin_key}|draft={draft}"
+        key = f"{pin_key}|draft={draft}|decoder={self.torch.decoder}"
         if key in self._loaded:
             return self._loaded[key]
         instrument, pin = self._admitted(pin_key, family)
@@ -74,6 +80,7 @@ class InstrumentsResource(dg.ConfigurableResource):
             cache_dir=self.home.paths.hf_cache,
             local_files_only=self.hub.offline,
             jpeg_draft=draft,
+            decoder=self.torch.decoder,
         )
         self._loaded[key] = embedder
         return embedder

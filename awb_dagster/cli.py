@@ -196,13 +196,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from awb_dagster.instance import prepare_dagster_home
+    from awb_dagster.instance import dagster_env
 
     paths = HomePaths(resolve_home(args.home))
-    env = {**os.environ, "AWB_HOME": str(paths.root), "DAGSTER_HOME": str(prepare_dagster_home(paths))}
+    env = dagster_env(paths)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port), "-h", args.host]
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']} AWB_HOME={paths.root}\n$ {' '.join(command)}")
-    return subprocess.call(command, env=env, cwd=REPO_ROOT)
+    # Run in DAGSTER_HOME: from the repo root, dagster dev would warn that the root dagster.yaml
+    # is not the one in DAGSTER_HOME (this one is that file with the home filled in).
+    return subprocess.call(command, env=env, cwd=env["DAGSTER_HOME"])
 
 
 def build_parser() -> argparse.ArgumentParser:

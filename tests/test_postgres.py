@@ -18,7 +18,17 @@ import pytest
 from awb_dagster.assets.plates import scan_plates, sync_partitions
 from awb_dagster.constants import GPU_POOL
 from awb_dagster.definitions import build_definitions
-from awb_dagster.instance import INSTANCE_YAML, POSTGRES_INSTANCE_YAML, instance_yaml, open_instance, prepare_dagster_home
+import yaml
+
+from awb_dagster.instance import (
+    INSTANCE_YAML,
+    POSTGRES_INSTANCE_YAML,
+    SQLITE_INSTANCE_YAML,
+    home_instance_config,
+    instance_yaml,
+    open_instance,
+    prepare_dagster_home,
+)
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import PinLock
@@ -78,17 +88,24 @@ def postgres_db(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.mark.parametrize(
     ("chosen", "expected"),
-    [(None, INSTANCE_YAML), ("dagster.postgres.yaml", POSTGRES_INSTANCE_YAML), (str(POSTGRES_INSTANCE_YAML), POSTGRES_INSTANCE_YAML)],
+    [
+        (None, INSTANCE_YAML),
+        ("dagster.sqlite.yaml", SQLITE_INSTANCE_YAML),
+        ("dagster.postgres.yaml", POSTGRES_INSTANCE_YAML),
+        (str(POSTGRES_INSTANCE_YAML), POSTGRES_INSTANCE_YAML),
+    ],
 )
 def test_awb_instance_yaml_chooses_the_instance_file(chosen, expected, tmp_path, monkeypatch):
     if chosen is None:
         monkeypatch.delenv("AWB_INSTANCE_YAML", raising=False)
     else:
         monkeypatch.setenv("AWB_INSTANCE_YAML", chosen)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # prepare_dagster_home exports its own
     assert instance_yaml() == expected
     dagster_home = prepare_dagster_home(HomePaths(tmp_path))
-    assert (dagster_home / "dagster.yaml").read_bytes() == expected.read_bytes()
+    written = yaml.safe_load((dagster_home / "dagster.yaml").read_text())
+    assert written == home_instance_config(expected, HomePaths(tmp_path))
+    assert written["instance_class"]["class"] == "AwbInstance"
+    assert "DAGSTER_HOME" not in os.environ or os.environ["DAGSTER_HOME"] != str(dagster_home)
 
 
 def test_a_missing_instance_yaml_is_named(tmp_path, monkeypatch):
@@ -99,6 +116,8 @@ def test_a_missing_instance_yaml_is_named(tmp_path, monkeypatch):
 
 def test_family_materializes_into_postgres(loopback_hub, postgres_db, tmp_path, monkeypatch):
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+    from awb_dagster.instance_storage import TeamPostgresEventLogStorage
 
     monkeypatch.setenv("AWB_INSTANCE_YAML", "dagster.postgres.yaml")
     paths = HomePaths(tmp_path / "home")
@@ -117,8 +136,11 @@ def test_family_materializes_into_postgres(loopback_hub, postgres_db, tmp_path, 
 
     instance = open_instance(paths)
     try:
-        assert (paths.dagster_home / "dagster.yaml").read_bytes() == POSTGRES_INSTANCE_YAML.read_bytes()
+        assert yaml.safe_load((paths.dagster_home / "dagster.yaml").read_text()) == yaml.safe_load(
+            POSTGRES_INSTANCE_YAML.read_text()
+        )
         assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, TeamPostgresEventLogStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
         sync_partitions(instance, resource)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (device machine): real-size CLIP ViT-L/14 and DINOv2-L (random weights) through
-# the same single-run Dagster path in bf16, against the bare encoder on the same inputs.
+# the same single-run Dagster path in bf16, against a bare loop over the same plate files, with
+# the PIL and the torchvision (nvjpeg) decoder.
 # Needs the wheels in .whl/ (dagster and its pure-Python needs) on a machine with torch.
 # Preparing .whl/ (dev machine, once; .whl/ is listed in .git/info/exclude and carried):
 #   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -18,11 +19,24 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, huggingface_hub, dagster, PIL; print('torch', torch.__version__, 'transformers', transformers.__version__, 'hf_hub', huggingface_hub.__version__, 'dagster', dagster.__version__, 'PIL', PIL.__version__, 'cpus', __import__('os').cpu_count())"
-PLATES="${PLATES:-384}"
+# The nvjpeg path against the PIL full decode, and the mixed batch on CUDA (tests/test_decoding.py).
+if python3 -c "import pytest" 2>/dev/null; then
+  python3 -m pytest -q -m gpu tests/test_decoding.py 2>&1 | tail -5
+else
+  echo "pytest is not installed here (add its wheel to .whl/): skipping tests/test_decoding.py -m gpu"
+fi
+# Synthetic 2000x2429 plates (or PLATES_DIR, replicated), two sizes so fixed costs cancel; each arch
+# with both decoders (PIL in the decode workers; torchvision = batched nvjpeg on the GPU).
+SIZES="${SIZES:-128,384}"
+PLATE_ARGS=()
+if [ -n "${PLATES_DIR:-}" ]; then PLATE_ARGS=(--plates "$PLATES_DIR" --replicate); fi
 for arch in ${ARCHS:-clip-l14 dinov2-l}; do
-  python3 bench/embed_throughput.py --arch "$arch" --plates "$PLATES" --device "${DEVICE:-cuda}" \
-    --dtype bfloat16 --batch-size "${BATCH:-128}" --workdir /tmp/awb-bench --out "$OUT/gpu-$arch.json" 2>&1 \
-    | grep -v "Warning\|warn(\|Writing model"
+  for decoder in ${DECODERS:-torchvision pil}; do
+    python3 bench/embed_throughput.py --arch "$arch" --sizes "$SIZES" "${PLATE_ARGS[@]}" --device "${DEVICE:-cuda}" \
+      --dtype bfloat16 --batch-size "${BATCH:-128}" --decoder "$decoder" --instance "${INSTANCE:-sqlite}" \
+      --workdir /tmp/awb-bench --out "$OUT/gpu-$arch-$decoder.json" 2>&1 \
+      | grep -v "Warning\|warn(\|Writing model"
+  done
 done
 # Automatic mask generation, ours (bf16, batched prompts) vs segment-anything's generator (fp32),
 # same converted vit_b weights and pixels (issue 3 goal: >= 3x faster, mean best-match IoU >= 0.95).

@@ -326,7 +326,7 @@ def test_an_order_naming_a_pin_the_atlas_lacks_fails_with_what_to_do(atlas_home:
 
 
 def test_corpus_assets_depend_on_every_family_and_are_automated():
-    from awb_dagster.assets.atlas import CORPUS_AUTOMATION
+    from awb_dagster.assets.corpus import CORPUS_AUTOMATION
     from awb_dagster.assets.automation import AUTOMATION_SENSOR_NAME
     from awb_dagster.definitions import defs
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from awb_dagster.assets.atlas import CORPUS_AUTOMATION, FAMILY_ASSETS, FAMILY_ORDER
+from awb_dagster.assets.corpus import CORPUS_AUTOMATION, FAMILY_ASSETS, FAMILY_ORDER
 from awb_dagster.atlas.drift import PinDrift, pin_drift
 from awb_dagster.atlas.plots import drift_png, markdown_image
 from awb_dagster.atlas.spaces import Space, load_space

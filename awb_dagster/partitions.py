@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+
 import dagster as dg
 
 from awb_dagster.constants import (
@@ -53,3 +56,22 @@ def region_partitions(name: str) -> dg.MultiPartitionsDefinition:
     """plate × (segment or tile) pins; keys read ``<pins>|<plate>`` like the family assets."""
     pins = {"segment_pins": segment_pins_partitions, "tile_pins": tile_pins_partitions}[name]
     return dg.MultiPartitionsDefinition({PLATE_DIMENSION: plates_partitions, PIN_DIMENSION: pins})
+
+
+def partitions_for(pins_dimension: str) -> dg.MultiPartitionsDefinition:
+    """plate × the named pins dimension (``clip_pins``, ``sam_pins``, ``segment_pins``, ...)."""
+    if pins_dimension in ("segment_pins", "tile_pins"):
+        return region_partitions(pins_dimension)
+    families = {partitions_def.name: family for family, partitions_def in pins_partitions.items()}
+    if pins_dimension not in families:
+        raise KeyError(f"no pins partitions named {pins_dimension!r} (known: {', '.join(sorted(families))}, segment_pins, tile_pins)")
+    return plate_pin_partitions(families[pins_dimension])
+
+
+def split_keys(partitions_def: dg.MultiPartitionsDefinition, keys: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """Partition keys grouped by pin, as (partition key, plate id), in the order given."""
+    by_pin: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key in keys:
+        dims = partitions_def.get_partition_key_from_str(key).keys_by_dimension
+        by_pin[dims[PIN_DIMENSION]].append((key, dims[PLATE_DIMENSION]))
+    return dict(by_pin)

@@ -11,14 +11,9 @@ import dagster as dg
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
 
 
-SAM_MASKS_JOB = "sam_masks_job"
-SEGMENT_EMBEDDINGS_JOB = "segment_embeddings_job"
-SEMANTIC_JOB = "semantic_segmentation_job"
-TILE_EMBEDDINGS_JOB = "tile_embeddings_job"
-
-
-def family_job_name(family: str) -> str:
-    return f"{family}_embeddings_job"
+def job_name(asset_name: str) -> str:
+    """The job of one family asset (``clip_embeddings`` -> ``clip_embeddings_job``)."""
+    return f"{asset_name}_job"
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ def materialize_family(
 ) -> list[RangeRun]:
     """Run ``<family>_embeddings`` for one pin over ``plate_ids`` (default: all plates)."""
     return materialize_pin_ranges(
-        defs, instance, family_job_name(family), f"{family}_embeddings", {"force": force}, pin_key, plate_ids,
+        defs, instance, job_name(f"{family}_embeddings"), f"{family}_embeddings", {"force": force}, pin_key, plate_ids,
         log_level=log_level, on_run=on_run,
     )  # fmt: skip
 
@@ -79,7 +74,7 @@ def materialize_masks(
     """Run ``sam_masks`` for one SAM pin over ``plate_ids`` (default: all plates); ``config`` is
     the asset's run config (generator settings, ``force``)."""
     return materialize_pin_ranges(
-        defs, instance, SAM_MASKS_JOB, "sam_masks", config or {}, pin_key, plate_ids, log_level=log_level
+        defs, instance, job_name("sam_masks"), "sam_masks", config or {}, pin_key, plate_ids, log_level=log_level
     )
 
 
@@ -95,7 +90,7 @@ def materialize_semantic(
     """Run ``semantic_segmentation`` for one Mask2Former pin over ``plate_ids`` (default: all
     plates); ``config`` is the asset's run config (``force``, ``max_label_side``)."""
     return materialize_pin_ranges(
-        defs, instance, SEMANTIC_JOB, "semantic_segmentation", config or {}, pin_key, plate_ids, log_level=log_level
+        defs, instance, job_name("semantic_segmentation"), "semantic_segmentation", config or {}, pin_key, plate_ids, log_level=log_level
     )
 
 
@@ -112,11 +107,8 @@ def materialize_regions(
     """Run ``segment_embeddings`` (``key`` = ``<embedding pin>~<sam pin>``) or ``tile_embeddings``
     (``key`` = an embedding pin) over ``plate_ids`` (default: all plates); ``config`` is the
     asset's run config (crop policy or tiling, ``force``)."""
-    job, asset = {
-        "segment": (SEGMENT_EMBEDDINGS_JOB, "segment_embeddings"),
-        "tile": (TILE_EMBEDDINGS_JOB, "tile_embeddings"),
-    }[scope]
-    return materialize_pin_ranges(defs, instance, job, asset, config or {}, key, plate_ids, log_level=log_level)
+    asset = {"segment": "segment_embeddings", "tile": "tile_embeddings"}[scope]
+    return materialize_pin_ranges(defs, instance, job_name(asset), asset, config or {}, key, plate_ids, log_level=log_level)
 
 
 def materialize_pin_ranges(

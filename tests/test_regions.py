@@ -239,7 +239,7 @@ def test_segment_rerun_reuses_sealed_pairs(region_home, segment_runs):
 
 
 def test_segments_without_masks_fail_naming_the_partition(region_home, tmp_path):
-    from awb_dagster.assets.regions import mask_set
+    from awb_dagster.provenance.masksets import mask_set
 
     plate = next(iter(region_home.catalog.plates.values()))
     with pytest.raises(RegionError, match=f"materialize sam_masks for partition .*{plate.plate_id}"):

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from awb_dagster.assets.plates import sync_partitions
-from awb_dagster.assets.semantic import SEMANTIC_ASSET, artifact_relpaths
-from awb_dagster.runner import SEMANTIC_JOB
+from awb_dagster.producers.semantic import SEMANTIC_ASSET, artifact_relpaths
+from awb_dagster.runner import job_name
 from demo_homes import DemoHome, make_demo_home
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo.checkpoints import _ADE20K_FIRST_LABELS
@@ -177,7 +177,7 @@ def test_bfloat16_weights_give_a_class_map_at_plate_size(segmenter):
 
 def materialize(home: DemoHome, defs: dg.Definitions | None = None, plate_ids=None, **config):
     return materialize_pin_ranges(
-        defs or home.defs, home.instance, SEMANTIC_JOB, SEMANTIC_ASSET, config, home.pin_key, plate_ids
+        defs or home.defs, home.instance, job_name(SEMANTIC_ASSET), SEMANTIC_ASSET, config, home.pin_key, plate_ids
     )
 
 

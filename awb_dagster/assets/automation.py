@@ -37,7 +37,8 @@ import dagster as dg
 
 from awb_dagster.constants import PIN_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR
-from awb_dagster.registry.lock import PinLock
+from awb_dagster.registry.lock import Pin, PinLock
+from awb_dagster.registry.model import Registry, RegistryError
 
 DEFAULT_AUTOMATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
 AUTOMATION_SENSOR_NAME = "awb_automation_sensor"
@@ -101,12 +102,69 @@ def embedding_automation_condition(
     ).with_label(f"missing_or_plate_changed_on_cron({cron})")
 
 
-def with_embedding_automation(
-    assets: tuple[dg.AssetsDefinition, ...], lock_path: Path | str, cron: str, also_updated: tuple[str, ...] = ()
-) -> list[dg.AssetsDefinition]:
-    """``assets`` with :func:`embedding_automation_condition` attached."""
+@dataclass(frozen=True)
+class PinAdmitted(dg.AutomationCondition):
+    """True for the partitions whose pin's model passes the admission and license gates under
+    ``license_opt_in``: automation never requests a run that the gate would fail (the real
+    Mask2Former's `other` license runs only once opted into)."""
+
+    lock_path: str
+    license_opt_in: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "pin_admitted"
+
+    @property
+    def description(self) -> str:
+        return f"The partition's model is admitted with license opt-in {list(self.license_opt_in)}"
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def _admits(self, registry: Registry, pin: Pin | None) -> bool:
+        if pin is None:
+            return False
+        try:
+            registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
+        except RegistryError:
+            return False
+        return True
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty:
+            return dg.AutomationResult(context, candidates)
+        lock = PinLock.load(self.lock_path)
+        registry = Registry.load(lock_path=Path(self.lock_path))
+        admitted: dict[str, bool] = {}
+        partitions_def = candidates.partitions_def
+        keep = set()
+        for key in candidates.expensively_compute_partition_keys():
+            pin_key = partitions_def.get_partition_key_from_str(key).keys_by_dimension[PIN_DIMENSION]
+            if pin_key not in admitted:
+                admitted[pin_key] = self._admits(registry, lock.find_key(pin_key))
+            if admitted[pin_key]:
+                keep.add(key)
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keep))
+
+
+def with_family_automation(
+    asset: dg.AssetsDefinition,
+    lock_path: Path | str,
+    cron: str,
+    *,
+    also_updated: tuple[str, ...] = (),
+    license_opt_in: tuple[str, ...] | None = None,
+) -> dg.AssetsDefinition:
+    """``asset`` with :func:`embedding_automation_condition`; with ``license_opt_in`` (a
+    license-gated family) restricted to the pins the license gate admits under it."""
     condition = embedding_automation_condition(lock_path, cron, also_updated)
-    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), assets)
+    if license_opt_in is not None:
+        condition = condition & PinAdmitted(str(lock_path), license_opt_in)
+    (automated,) = dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [asset])
+    return automated
 
 
 with warnings.catch_warnings():

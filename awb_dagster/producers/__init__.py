@@ -1,0 +1,40 @@
+"""The families of the plate × pin engine, one producer each, and which roster families they run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
+from awb_dagster.engine.producer import Producer
+from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
+from awb_dagster.producers.sam import SamProducer
+from awb_dagster.producers.segments import SegmentProducer
+from awb_dagster.producers.semantic import SemanticProducer
+from awb_dagster.producers.tiles import TileProducer
+
+_SAM = SamProducer()
+_SEMANTIC = SemanticProducer()
+_SEGMENTS = SegmentProducer()
+_TILES = TileProducer()
+
+# Roster family -> the producer that runs its pins (SAM-HQ pins run on the SAM producer).
+FAMILY_PRODUCERS: dict[str, Producer] = {
+    **{producer.family: producer for producer in EMBEDDING_PRODUCERS},
+    **{family: _SAM for family in SAM_FAMILIES},
+    **{family: _SEMANTIC for family in SEMANTIC_FAMILIES},
+}
+
+
+def producers_for(families: Iterable[str]) -> list[Producer]:
+    """The producers of the roster's ``families``, each once, in a stable order; region assets
+    (tiles of every embedding pin, segments of every embedding × SAM pin pair) come with them."""
+    present = set(families)
+    chosen: list[Producer] = []
+    for family, producer in FAMILY_PRODUCERS.items():
+        if family in present and producer not in chosen:
+            chosen.append(producer)
+    if present & set(EMBEDDING_FAMILIES):
+        if present & set(SAM_FAMILIES):
+            chosen.append(_SEGMENTS)
+        chosen.append(_TILES)
+    return chosen

@@ -66,6 +66,19 @@ def loopback_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubFixtur
         with use_hub_endpoint(endpoint), pytest.MonkeyPatch.context() as patch:
             patch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
             patch.setenv("HF_HUB_CACHE", str(cache_dir))
+            # Code locations built without an explicit endpoint read HF_ENDPOINT (as dg.EnvVar).
+            patch.setenv("HF_ENDPOINT", endpoint)
             yield HubFixture(hub=hub, endpoint=endpoint, shas=shas, cache_dir=cache_dir)
     finally:
         hub.stop()
+
+
+@pytest.fixture(autouse=True)
+def _let_go_of_embedded_servers() -> Iterator[None]:
+    """Collect the test's unreachable Dagster instances after it: their storages let go of the
+    home's embedded PostgreSQL server, which then stops, so a session does not keep one server per
+    test home running until it exits."""
+    yield
+    import gc
+
+    gc.collect()

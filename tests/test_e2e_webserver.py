@@ -30,7 +30,7 @@ from awb_dagster.cli import main
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo import LoopbackHub, build_tiny_repo
 from awb_dagster.demo.checkpoints import DEMO_LICENSE, DEMO_PIPELINE_TAGS
-from awb_dagster.instance import open_instance
+from awb_dagster.instance import dagster_env, open_instance
 from awb_dagster.paths import REPO_ROOT, HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.resources import AwbHome
@@ -254,9 +254,7 @@ def test_ui_backfill_then_pin_change_automation(private_hub, processes, tmp_path
     assert observe.execute_in_process(instance=instance).success
 
     env = {
-        **os.environ,
-        "AWB_HOME": str(home_dir),
-        "DAGSTER_HOME": str(HomePaths(home_dir).dagster_home),
+        **dagster_env(HomePaths(home_dir)),
         "HF_ENDPOINT": endpoint,
         "AWB_AUTOMATION_CRON": "* * * * *",
         "AWB_DECODE_WORKERS": "2",

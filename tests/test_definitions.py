@@ -63,14 +63,18 @@ def test_automation_sensor_and_pin_status_schedule_run_by_default():
     assert schedule.cron_schedule == "0 6 * * *"
 
 
-def test_instance_yaml_sets_sqlite_and_gpu_pool(tmp_path):
-    from awb_dagster.instance import open_instance
-    from awb_dagster.paths import HomePaths
+@pytest.mark.parametrize(
+    ("yaml_name", "run_storage"),
+    [("dagster.yaml", "EmbeddedPostgresRunStorage"), ("dagster.sqlite.yaml", "SqliteRunStorage")],
+)
+def test_instance_yamls_set_storage_and_gpu_pool(yaml_name, run_storage, tmp_path):
+    from awb_dagster.instance import home_instance
+    from awb_dagster.paths import REPO_ROOT, HomePaths
 
-    instance = open_instance(HomePaths(tmp_path))
-    assert type(instance.run_storage).__name__ == "SqliteRunStorage"
-    assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
-    assert str(tmp_path / "dagster") in instance.root_directory
+    with home_instance(HomePaths(tmp_path), REPO_ROOT / yaml_name) as instance:
+        assert type(instance.run_storage).__name__ == run_storage
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
+        assert str(tmp_path / "dagster") in instance.root_directory
 
 
 def test_sam_masks_shape():

@@ -531,15 +531,10 @@ def use_hub_endpoint(endpoint: str) -> Iterator[str]:
     """Point ``huggingface_hub`` and ``transformers`` of this process at ``endpoint``, then restore."""
     from huggingface_hub import constants
 
-    saved_env = os.environ.get("HF_ENDPOINT")
     saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_URL_HOSTS)
     set_hub_endpoint(endpoint)
     try:
         yield endpoint.rstrip("/")
     finally:
         constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_URL_HOSTS = saved
-        if saved_env is None:
-            os.environ.pop("HF_ENDPOINT", None)
-        else:
-            os.environ["HF_ENDPOINT"] = saved_env
         reset_transformers_hf_api()

@@ -3,7 +3,6 @@ CLIP, SigLIP and DINOv2 architectures served by a loopback hub."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.registry.model import Registry
     from awb_dagster.registry.pins import capture_pin
     from awb_dagster.resources import AwbHome
-    from awb_dagster.registry.hub_settings import set_hub_endpoint
+    from awb_dagster.resources.settings import env_list
     from awb_dagster.runner import materialize_family
 
     paths = HomePaths(home)
@@ -44,7 +43,6 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         publish_demo_repos(hub, only=missing)
     with hub:
         endpoint = hub.start()
-        set_hub_endpoint(endpoint)
         _say(f"loopback hub serving {len(DEMO_REPOS)} demo repos at {endpoint}")
 
         registry = Registry.load(lock_path=paths.lock)
@@ -65,8 +63,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         sync_partitions(instance, home_resource)
         # The tiny Mask2Former carries the real model's `other` license: the demo opts in for it,
         # exactly as a user opts in for a flagged model (AWB_LICENSE_OPT_IN).
-        opt_in = [i.strip() for i in os.environ.get("AWB_LICENSE_OPT_IN", "").split(",") if i.strip()]
-        opt_in.append(DEMO_SEMANTIC_OPT_IN)
+        opt_in = [*env_list("AWB_LICENSE_OPT_IN"), DEMO_SEMANTIC_OPT_IN]
         _say(f"license opt-in: {', '.join(opt_in)} (license `other`; see `awb registry show {DEMO_SEMANTIC_OPT_IN}`)")
         defs = build_definitions(home=str(paths.root), endpoint=endpoint, offline=False, license_opt_in=opt_in)
         registry = Registry.load(lock_path=paths.lock)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
-from awb_dagster.registry.hub_settings import set_hub_endpoint, set_hub_offline
+from awb_dagster.registry.hub_settings import set_hub_endpoint
 
 
 class HubResource(dg.ConfigurableResource):
-    """How to reach the model hub. ``offline`` loads only from the cache at the locked sha."""
+    """How to reach the model hub. ``offline`` loads only from the cache at the locked sha
+    (passed to every load as ``local_files_only``)."""
 
     endpoint: Optional[str] = Field(default=None, description="Hub URL; default $HF_ENDPOINT or huggingface.co")
     token: Optional[str] = Field(default=None, description="Token for gated models (use dg.EnvVar('HF_TOKEN'))")
     offline: bool = Field(default=False, description="Never contact the hub; use the local cache")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # transformers downloads take no endpoint argument: see awb_dagster.registry.hub_settings.
         if self.endpoint:
             set_hub_endpoint(self.endpoint)
-        set_hub_offline(self.offline)
-        if self.token:
-            os.environ["HF_TOKEN"] = self.token

@@ -5,6 +5,7 @@ processor settings in preprocess tags. No Dagster here."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -55,6 +56,25 @@ def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, loca
         "local_files_only": local_files_only,
         "trust_remote_code": instrument.trust_remote_code,
     }
+
+
+def quiet_transformers() -> ModuleType:
+    """``transformers``, imported with its load reports (unused towers) and per-tensor progress
+    bars silenced: noise in a run's log."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def weights_error(model_id: str, pin: Pin, exc: OSError) -> InstrumentError:
+    """The error for pinned weights that cannot be loaded, with what to check."""
+    return InstrumentError(
+        f"{model_id}@{pin.sha}: cannot load weights ({exc}). Weights load only at the "
+        "locked sha through safetensors; check the hub endpoint/token, or the local cache "
+        "when offline (HF_HUB_OFFLINE=1)."
+    )
 
 
 def pin_provenance(instrument: Instrument, pin: Pin) -> dict[str, Any]:

@@ -41,10 +41,12 @@ from awb_dagster.instruments.common import (
     hub_kwargs,
     norm_text,
     pin_provenance,
+    quiet_transformers,
     require_pin_of,
     resolve_device,
     resolve_dtype,
     size_text,
+    weights_error,
 )
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, working_size
 from awb_dagster.registry.lock import Pin
@@ -175,10 +177,7 @@ class MaskGenerator:
         self.preprocess_tag = preprocess_tag(spec, settings)
 
     def _load(self) -> tuple[Any, torch.nn.Module]:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        transformers = quiet_transformers()
         model_id = self.instrument.id
         model_class = getattr(transformers, self.architecture.model_class)
         processor_class = getattr(transformers, self.architecture.processor_class)
@@ -195,11 +194,7 @@ class MaskGenerator:
                 model_id, config=config, use_safetensors=True, dtype=self.dtype, **self._hub_kwargs
             )
         except OSError as exc:
-            raise InstrumentError(
-                f"{model_id}@{self.pin.sha}: cannot load weights ({exc}). Weights load only at the "
-                "locked sha through safetensors; check the hub endpoint/token, or the local cache "
-                "when offline (HF_HUB_OFFLINE=1)."
-            ) from exc
+            raise weights_error(model_id, self.pin, exc) from exc
         return processor, model.eval().to(self.device)
 
     def _load_original(self) -> tuple[Any, torch.nn.Module]:

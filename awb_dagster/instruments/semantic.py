@@ -53,10 +53,12 @@ from awb_dagster.instruments.common import (
     hub_kwargs,
     norm_text,
     pin_provenance,
+    quiet_transformers,
     require_pin_of,
     resolve_device,
     resolve_dtype,
     size_text,
+    weights_error,
 )
 from awb_dagster.instruments.embedding import describe_processor
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, working_size
@@ -211,10 +213,7 @@ class SemanticSegmenter:
         self.preprocess_tag = preprocess_tag(spec, settings)
 
     def _load(self) -> tuple[Any, torch.nn.Module]:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        transformers = quiet_transformers()
         model_id = self.instrument.id
         try:
             processor = transformers.AutoImageProcessor.from_pretrained(model_id, **self._hub_kwargs)
@@ -222,11 +221,7 @@ class SemanticSegmenter:
                 model_id, use_safetensors=True, dtype=self.dtype, **self._hub_kwargs
             )
         except OSError as exc:
-            raise InstrumentError(
-                f"{model_id}@{self.pin.sha}: cannot load weights ({exc}). Weights load only at the "
-                "locked sha through safetensors; check the hub endpoint/token, or the local cache "
-                "when offline (HF_HUB_OFFLINE=1)."
-            ) from exc
+            raise weights_error(model_id, self.pin, exc) from exc
         except ImportError as exc:  # Mask2FormerForUniversalSegmentation builds its loss, which needs scipy
             raise InstrumentError(f"{model_id}: {exc}".strip()) from exc
         return processor, model.eval().to(self.device)

@@ -200,14 +200,22 @@ def event_log_timing(instance, run_id: str, stream_s: float) -> dict:
     def first(kind: str) -> float | None:
         return next((e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == kind), None)
 
+    def last(kind: str) -> float | None:
+        return next((e.timestamp for e in reversed(events) if e.dagster_event and e.dagster_event.event_type_value == kind), None)
+
     span = max(stamps) - min(stamps)
-    step = (first("STEP_SUCCESS") or max(stamps)) - (first("STEP_START") or min(stamps))
+    step_start, step_end = first("STEP_START") or min(stamps), first("STEP_SUCCESS") or max(stamps)
+    first_mat, last_mat = first("ASSET_MATERIALIZATION") or step_end, last("ASSET_MATERIALIZATION") or step_end
     return {
         "events": len(events),
         "planned_events": by_type.get("ASSET_MATERIALIZATION_PLANNED", 0),
         "materializations": by_type.get("ASSET_MATERIALIZATION", 0),
         "span_s": round(span, 3),
-        "step_s": round(step, 3),
+        "before_step_s": round(step_start - min(stamps), 3),
+        "step_s": round(step_end - step_start, 3),
+        "step_to_first_materialization_s": round(first_mat - step_start, 3),
+        "materializations_span_s": round(last_mat - first_mat, 3),
+        "last_materialization_to_step_success_s": round(step_end - last_mat, 3),
         "outside_stream_s": round(span - stream_s, 3),
     }
 

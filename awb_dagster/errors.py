@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from awb_dagster.instruments.embedding import InstrumentError
+    from awb_dagster.instruments.common import InstrumentError
     from awb_dagster.plates.catalog import CatalogError
     from awb_dagster.provenance.store import StoreError
     from awb_dagster.registry.lock import LockError

@@ -65,7 +65,7 @@ LAYER_OF = {
 UPWARD_ALLOWED = {
     # user_errors() (used only by the cli) names the error types of every layer it turns into
     # one-line messages; it belongs with the cli, which is being rewritten.
-    (f"{PACKAGE}.errors", f"{PACKAGE}.instruments.embedding"),
+    (f"{PACKAGE}.errors", f"{PACKAGE}.instruments.common"),
     (f"{PACKAGE}.errors", f"{PACKAGE}.plates.catalog"),
     (f"{PACKAGE}.errors", f"{PACKAGE}.provenance.store"),
     (f"{PACKAGE}.errors", f"{PACKAGE}.registry.lock"),

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from awb_dagster.instruments.embedding import InstrumentError
+from awb_dagster.instruments.common import InstrumentError
 
 # segment-anything's Sam.pixel_mean / pixel_std (0-255 scale) = ImageNet statistics.
 ORIGINAL_PIXEL_MEAN = (123.675, 116.28, 103.53)

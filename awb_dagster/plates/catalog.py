@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from awb_dagster.atomic import write_json_atomic
+from awb_dagster.hashing import sha256_stream
 from awb_dagster.plates.imaging import (
     PlateError,
     exif_orientation,
     format_pixel_limit_reason,
     open_checked,
     oriented_size,
-    sha256_stream,
 )
 
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard; plates.max_pixels overrides it

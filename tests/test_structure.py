@@ -65,27 +65,24 @@ LAYER_OF = {
 UPWARD_ALLOWED = {
     # user_errors() (used only by the cli) names the error types of every layer it turns into
     # one-line messages; it belongs with the cli, which is being rewritten.
-    (f"{PACKAGE}.errors", f"{PACKAGE}.instruments.common"),
-    (f"{PACKAGE}.errors", f"{PACKAGE}.plates.catalog"),
-    (f"{PACKAGE}.errors", f"{PACKAGE}.provenance.store"),
-    (f"{PACKAGE}.errors", f"{PACKAGE}.registry.lock"),
-    (f"{PACKAGE}.errors", f"{PACKAGE}.registry.model"),
-    (f"{PACKAGE}.errors", f"{PACKAGE}.registry.pins"),
+    *(
+        (f"{PACKAGE}.errors", f"{PACKAGE}.{module}")
+        for module in (
+            "instruments.common", "plates.catalog", "provenance.store",
+            "registry.lock", "registry.model", "registry.pins",
+        )
+    ),  # fmt: skip
     # The jobs' names (job_name) live in runner.py beside the helpers that launch those jobs;
     # they belong below definitions.py (e.g. with the partitions).
     (f"{PACKAGE}.definitions", f"{PACKAGE}.runner"),
 }
-# Files (glob patterns) over MAX_LINES that other changes are rewriting right now (issue 9).
+# Files (glob patterns) over MAX_LINES that other changes are rewriting right now (issue 9):
+# the loopback hub (540 lines), the plate catalog (432), the registry model and pin capture
+# (458, 452). Delete an entry once its file is split.
 OVER_MAX_LINES_ALLOWED = {
-    "assets/regions.py",
-    "assets/embeddings.py",
-    "assets/steps.py",
-    "assets/segmentation.py",
-    "assets/semantic.py",
-    "cli.py",
     "demo/hub.py",
-    "registry/*.py",
     "plates/catalog.py",
+    "registry/*.py",
 }
 
 

@@ -212,7 +212,7 @@ def test_partition_metadata_and_check(sam_home, permissive_run):
             by_plate[materialization.partition.split("|")[-1]] = materialization.metadata
     assert set(by_plate) == set(sam_home.catalog.plates)  # exactly one materialization per partition
     for metadata in by_plate.values():
-        assert metadata["mask_count"].value == metadata["record_ids"].value >= 1
+        assert metadata["mask_count"].value == metadata["records"].value >= 1
         assert 0 < metadata["coverage"].value <= 1
         assert metadata["preview_image"].value.startswith("![masks over")
         png = Image.open(metadata["preview"].value)

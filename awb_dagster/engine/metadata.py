@@ -16,10 +16,6 @@ def partition_metadata(session: PinSession, report: PartitionReport, home: str) 
     pair = report.pair
     instrument = session.instrument
     first = pair.record_ids[0] if pair.record_ids else None
-    if report.reused:
-        status = f"reused: sealed by run {pair.run_id} (Dagster run {pair.dagster_run_id or 'unknown'})"
-    else:
-        status = "computed"
     return {
         "record_id": first or "",
         "records": len(pair.record_ids),
@@ -34,7 +30,7 @@ def partition_metadata(session: PinSession, report: PartitionReport, home: str) 
         "artifact_sha256": pair.artifact_sha256,
         "run_id": pair.run_id,
         "dagster_run_id": pair.dagster_run_id or "",
-        "status": status,
+        "status": f"reused from sealed run {pair.run_id}" if report.reused else "computed",
         "lineage": Markdown(f"`awb lineage {first} --home {home}`" if first else "no records for this plate"),
         **session.partition_metadata(pair, report.facts),
     }

@@ -16,12 +16,11 @@ from awb_dagster.assets import plate_and_pin_sensor, plate_catalog, plate_files
 from awb_dagster.assets.atlas import ATLAS_ASSETS
 from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_sensor, with_family_automation
 from awb_dagster.assets.drift import pin_drift_report
-from awb_dagster.assets.factory import build_family_asset
+from awb_dagster.assets.factory import build_family_asset, job_name
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
 from awb_dagster.producers import producers_for
 from awb_dagster.registry.model import Registry
 from awb_dagster.resources.settings import build_resources
-from awb_dagster.runner import job_name
 
 
 def build_definitions(

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from awb_dagster.assets.factory import job_name
+
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
 
 
-def job_name(asset_name: str) -> str:
-    """The job of one family asset (``clip_embeddings`` -> ``clip_embeddings_job``)."""
-    return f"{asset_name}_job"
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,17 @@ def test_lineage_output_is_the_record(home):
     first = result.stdout.splitlines()[0]
     assert first == f"record      {record} (plate, 4-d)"
     assert "(verified)" in result.stdout
+
+
+def test_plates_add_imports_no_model_stack(home, tmp_path):
+    """`awb plates add` opens the Dagster instance to register partitions, but loads no model code."""
+    from PIL import Image
+
+    root, _ = home
+    Image.new("RGB", (64, 80), (200, 180, 150)).save(tmp_path / "added_plate.png")
+    modules, result = _imported_modules(["plates", "add", str(tmp_path), "--home", str(root)])
+    errors = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    assert result.returncode == 0, errors
+    assert "dagster" in modules  # the partitions were synced through the instance
+    model_stack = sorted(m for m in modules if m.split(".")[0] in ("torch", "transformers", "torchvision"))
+    assert not model_stack, f"`awb plates add` imported {model_stack[:10]}"

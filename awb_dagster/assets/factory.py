@@ -30,6 +30,11 @@ from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
 _MAX_FAILURE_ROWS = 100  # rows in a check's metadata table; `failing` counts all
 
 
+def job_name(asset_name: str) -> str:
+    """The job of one family asset (``clip_embeddings`` -> ``clip_embeddings_job``)."""
+    return f"{asset_name}_job"
+
+
 def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
     """A settings field as a Dagster config field (tuples become lists: config has no tuples)."""
     if typing.get_origin(annotation) is tuple:

@@ -12,7 +12,8 @@ from typing import Any
 
 from awb_dagster.constants import GROUP_EMBEDDINGS
 from awb_dagster.engine.producer import PlateOutput, StepInputs
-from awb_dagster.instruments.embedding import ADAPTER_VERSION, ImageEmbedder, InstrumentError
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.embedding import ADAPTER_VERSION, ImageEmbedder
 from awb_dagster.plates.catalog import Plate, PlateCatalog
 from awb_dagster.provenance.checks import CHECK_DESCRIPTIONS, CheckOutcome, check_embedding_pairs
 from awb_dagster.provenance.records import embedding_table, record_fields

@@ -16,7 +16,8 @@ import torch
 from awb_dagster.constants import EMBEDDING_FAMILIES
 from awb_dagster.engine.producer import PlateOutput
 from awb_dagster.instruments.embedding import ADAPTER_VERSION as EMBEDDING_ADAPTER_VERSION
-from awb_dagster.instruments.embedding import ImageEmbedder, InstrumentError
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.embedding import ImageEmbedder
 from awb_dagster.instruments.regions import REGIONS_VERSION
 from awb_dagster.plates.catalog import Plate
 from awb_dagster.producers.embeddings import embedding_row

@@ -6,6 +6,8 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, SEGMENTATION_FAMILIES, SEMANTIC_FAMILIES
@@ -293,9 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from awb_dagster.errors import user_errors
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The errors users fix themselves, imported when one is raised: a lineage lookup must not
+    import the hub client (registry.pins) just to name its error."""
+    from awb_dagster.instruments.common import InstrumentError
+    from awb_dagster.plates.catalog import CatalogError
+    from awb_dagster.provenance.store import StoreError
+    from awb_dagster.registry.lock import LockError
+    from awb_dagster.registry.model import RegistryError
+    from awb_dagster.registry.pins import PinError
 
+    return (RegistryError, LockError, PinError, CatalogError, StoreError, InstrumentError, FileNotFoundError)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Exit with status 2 and the error's one-line message, not a traceback, for the errors users
+    fix themselves."""
+    try:
+        yield
+    except _user_error_types() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Not set_defaults(home=None): that would change the --home action every subcommand shares.
     args.home = getattr(args, "home", None)

@@ -2,15 +2,14 @@
 
 from awb_dagster.plates.catalog import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
     SAMPLE_PLATES_DIR,
     CatalogError,
     Plate,
     PlateCatalog,
-    Rejection,
     ScanResult,
     plate_id_for,
 )
+from awb_dagster.plates.files import IMAGE_SUFFIXES, Rejection
 from awb_dagster.plates.imaging import (
     COLOR_POLICY,
     COLOR_POLICY_DESCRIPTION,

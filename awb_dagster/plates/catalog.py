@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -19,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from awb_dagster.atomic import write_json_atomic
-from awb_dagster.hashing import sha256_stream
-from awb_dagster.plates.imaging import (
-    PlateError,
-    exif_orientation,
-    format_pixel_limit_reason,
-    open_checked,
-    oriented_size,
+from awb_dagster.plates.files import (
+    IMAGE_FACTS,
+    AcceptedFile,
+    FileStamp,
+    Rejection,
+    examine_file,
+    list_image_files,
 )
+from awb_dagster.plates.imaging import PlateError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard; plates.max_pixels overrides it
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
 SAMPLE_PLATES_DIR = Path(__file__).resolve().parent.parent / "sample_plates"
 CATALOG_FORMAT = "awb-plate-catalog/1"
 REJECTIONS_FILE_NAME = "rejections.json"
@@ -90,23 +89,6 @@ class Plate:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Rejection:
-    """A file with an image suffix that was not accepted, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Rejection:
-        """Inverse of :meth:`to_json`."""
-        return cls(path=data["path"], reason=data["reason"])
-
-
 @dataclass
 class ScanResult:
     """What one scan changed. ``missing``: known plates none of whose files were found."""
@@ -127,26 +109,6 @@ class ScanResult:
         )
 
 
-@dataclass(frozen=True)
-class _FileStamp:
-    """What a scan learned about one file; size and mtime decide whether to re-read it."""
-
-    size: int
-    mtime_ns: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class _AcceptedFile:
-    path: str
-    stamp: _FileStamp
-    width: int
-    height: int
-    format: str
-    mode: str
-    exif_rotated: bool
-
-
 class PlateCatalog:
     """The registered plates, persisted as JSON at ``path``.
 
@@ -160,13 +122,13 @@ class PlateCatalog:
         plates: dict[str, Plate] | None = None,
         sources: list[str] | None = None,
         rejections: list[Rejection] | None = None,
-        files: dict[str, _FileStamp] | None = None,
+        files: dict[str, FileStamp] | None = None,
     ) -> None:
         self.path = Path(path)
         self.plates: dict[str, Plate] = dict(plates or {})
         self.sources: list[str] = list(sources or [])
         self.rejections: list[Rejection] = list(rejections or [])
-        self._files: dict[str, _FileStamp] = dict(files or {})
+        self._files: dict[str, FileStamp] = dict(files or {})
 
     @property
     def rejections_path(self) -> Path:
@@ -184,7 +146,7 @@ class PlateCatalog:
             if data.get("format") != CATALOG_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {CATALOG_FORMAT!r}")
             plates = [Plate.from_json(item) for item in data["plates"]]
-            files = {name: _FileStamp(**stamp) for name, stamp in data["files"].items()}
+            files = {name: FileStamp(**stamp) for name, stamp in data["files"].items()}
             sources = [str(source) for source in data["sources"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CatalogError(
@@ -259,16 +221,16 @@ class PlateCatalog:
             parent = Path(path).parent
             return any(parent == root or (recursive and root in parent.parents) for root in roots)
 
-        paths, rejected = _list_image_files(roots, recursive)
+        paths, rejected = list_image_files(roots, recursive)
         known_by_sha = {plate.sha256: plate for plate in self.plates.values()}
-        accepted: list[_AcceptedFile] = []
+        accepted: list[AcceptedFile] = []
         for path in paths:
             try:
-                accepted.append(self._examine(path, known_by_sha, max_pixels))
+                accepted.append(examine_file(path, self._last_scan(path, known_by_sha), max_pixels))
             except PlateError as exc:
                 rejected.append(Rejection(exc.path, exc.reason))
 
-        groups: dict[str, list[_AcceptedFile]] = {}
+        groups: dict[str, list[AcceptedFile]] = {}
         for accepted_file in accepted:
             groups.setdefault(accepted_file.stamp.sha256, []).append(accepted_file)
         ids = self._assign_ids(groups, in_scope)
@@ -286,13 +248,9 @@ class PlateCatalog:
             plate = Plate(
                 plate_id=plate_id,
                 sha256=sha256,
-                width=first.width,
-                height=first.height,
-                format=first.format,
-                mode=first.mode,
                 n_bytes=first.stamp.size,
                 source_paths=tuple(sorted(kept_paths | {f.path for f in group})),
-                exif_rotated=first.exif_rotated,
+                **first.image_facts(),
             )
             if previous is None:
                 result.added.append(plate)
@@ -315,57 +273,16 @@ class PlateCatalog:
         self.rejections = rejected
         return result
 
-    def _examine(
-        self, path: str, known_by_sha: dict[str, Plate], max_pixels: int
-    ) -> _AcceptedFile:
-        """Accept one file: from the stamp cache when size and mtime match, else by reading it."""
-        try:
-            status = os.stat(path)
-        except OSError as exc:
-            raise PlateError(path, f"unreadable: {exc.strerror or exc}") from exc
-        if not stat.S_ISREG(status.st_mode):
-            raise PlateError(path, "not a regular file")
-        if status.st_size == 0:
-            raise PlateError(path, "zero bytes")
-        cached = self._files.get(path)
-        known = known_by_sha.get(cached.sha256) if cached is not None else None
-        if (
-            cached is not None
-            and known is not None
-            and (cached.size, cached.mtime_ns) == (status.st_size, status.st_mtime_ns)
-        ):
-            if known.width * known.height > max_pixels:
-                reason = format_pixel_limit_reason(known.width, known.height, max_pixels)
-                raise PlateError(path, reason)
-            return _AcceptedFile(
-                path=path,
-                stamp=cached,
-                width=known.width,
-                height=known.height,
-                format=known.format,
-                mode=known.mode,
-                exif_rotated=known.exif_rotated,
-            )
-        try:
-            with open(path, "rb") as stream:
-                sha256 = sha256_stream(stream)
-                stream.seek(0)
-                with open_checked(path, stream, max_pixels=max_pixels) as image:
-                    width, height = oriented_size(image)
-                    return _AcceptedFile(
-                        path=path,
-                        stamp=_FileStamp(status.st_size, status.st_mtime_ns, sha256),
-                        width=width,
-                        height=height,
-                        format=str(image.format),
-                        mode=image.mode,
-                        exif_rotated=exif_orientation(image) != 1,
-                    )
-        except OSError as exc:
-            raise PlateError(path, f"unreadable: {exc.strerror or exc}") from exc
+    def _last_scan(self, path: str, known_by_sha: dict[str, Plate]) -> AcceptedFile | None:
+        """What the last scan accepted at ``path``, if its bytes are still a catalogued plate."""
+        stamp = self._files.get(path)
+        known = known_by_sha.get(stamp.sha256) if stamp is not None else None
+        if stamp is None or known is None:
+            return None
+        return AcceptedFile(path=path, stamp=stamp, **{name: getattr(known, name) for name in IMAGE_FACTS})
 
     def _assign_ids(
-        self, groups: dict[str, list[_AcceptedFile]], in_scope: Callable[[str], bool]
+        self, groups: dict[str, list[AcceptedFile]], in_scope: Callable[[str], bool]
     ) -> dict[str, str]:
         """Map each found sha256 to a plate id, keeping every existing id's meaning.
 
@@ -409,24 +326,3 @@ class PlateCatalog:
             ids[sha256] = free
             taken.add(free)
         return ids
-
-
-def _list_image_files(roots: list[Path], recursive: bool) -> tuple[list[str], list[Rejection]]:
-    """Sorted absolute paths of non-hidden image-suffixed files, plus unreadable folders."""
-    found: set[str] = set()
-    unreadable: list[Rejection] = []
-
-    def record_error(exc: OSError) -> None:
-        unreadable.append(Rejection(str(exc.filename), f"unreadable folder: {exc.strerror or exc}"))
-
-    for root in roots:
-        for folder, subfolders, names in os.walk(root, onerror=record_error):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            if not recursive:
-                subfolders.clear()
-            found.update(
-                os.path.join(folder, name)
-                for name in names
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-            )
-    return sorted(found), sorted(unreadable, key=lambda r: r.path)

@@ -191,3 +191,14 @@ def test_buffer_round_trip_reads_what_was_written(tmp_path):
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="JPEG")
     path.write_bytes(buffer.getvalue())
     assert bytes(read_jpeg(path, _sha(path), max_pixels=10**6).data.numpy()) == buffer.getvalue()
+
+
+def test_torch_resource_declares_the_decoder():
+    import pydantic
+
+    from awb_dagster.resources.instruments import TorchResource
+
+    assert TorchResource().decoder == "pil"
+    assert TorchResource(decoder="torchvision").decoder == "torchvision"
+    with pytest.raises(pydantic.ValidationError, match="decoder"):
+        TorchResource(decoder="nvjpeg")

@@ -302,7 +302,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from awb_dagster.plates.catalog import CatalogError
     from awb_dagster.provenance.store import StoreError
     from awb_dagster.registry.lock import LockError
-    from awb_dagster.registry.model import RegistryError
+    from awb_dagster.registry.roster import RegistryError
     from awb_dagster.registry.pins import PinError
 
     return (RegistryError, LockError, PinError, CatalogError, StoreError, InstrumentError, FileNotFoundError)

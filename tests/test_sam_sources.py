@@ -30,7 +30,7 @@ from awb_dagster.provenance.rows import mask_rows
 from awb_dagster.partitions import pins_partition_families, pins_partitions
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import Pin, PinLock
-from awb_dagster.registry.model import Instrument, Registry, RegistryError
+from awb_dagster.registry import Instrument, Registry, RegistryError
 from awb_dagster.registry.pins import (
     WEIGHTS_MIRROR_ENV,
     WeightFileError,

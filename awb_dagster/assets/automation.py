@@ -38,7 +38,7 @@ import dagster as dg
 from awb_dagster.constants import PIN_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR
 from awb_dagster.registry.lock import Pin, PinLock
-from awb_dagster.registry.model import Registry, RegistryError
+from awb_dagster.registry import Registry, RegistryError
 
 DEFAULT_AUTOMATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
 AUTOMATION_SENSOR_NAME = "awb_automation_sensor"

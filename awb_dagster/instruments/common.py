@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from awb_dagster.registry.lock import Pin
-from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.roster import Instrument
 
 # PIL resample codes as image processors store them, by name (the name goes into preprocess tags).
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

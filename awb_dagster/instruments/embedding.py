@@ -38,7 +38,7 @@ from awb_dagster.instruments.common import (
     size_text,
 )
 from awb_dagster.registry.lock import Pin
-from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.roster import Instrument
 
 # Bump when the adapter or its preprocessing code changes what it computes.
 ADAPTER_VERSION = "embedding-v1"

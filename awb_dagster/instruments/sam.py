@@ -50,7 +50,7 @@ from awb_dagster.instruments.common import (
 )
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, working_size
 from awb_dagster.registry.lock import Pin
-from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.roster import Instrument
 
 # Bump when the generator or its pre/post-processing code changes what it computes.
 ADAPTER_VERSION = "sam-amg-v2"

@@ -1,25 +1,25 @@
 """The instrument registry: roster, pins, admission gate. Knows nothing about Dagster."""
 
 from awb_dagster.registry.appendix import render_appendix
+from awb_dagster.registry.licenses import FLAGGED_LICENSE_PREFIXES, FLAGGED_LICENSES, license_needs_opt_in
 from awb_dagster.registry.lock import LockError, Pin, PinLock
 from awb_dagster.registry.model import (
     ADMISSION_FIELDS,
-    FAMILIES,
-    FLAGGED_LICENSE_PREFIXES,
-    FLAGGED_LICENSES,
     LOCK_PATH,
+    LicenseOptInError,
+    NotAdmittedError,
+    Registry,
+    RegistryEntry,
+    UnknownModelError,
+)
+from awb_dagster.registry.roster import (
+    FAMILIES,
     OUTPUT_KINDS,
     ROSTER_PATH,
     SOURCES,
     DeadAlias,
     Instrument,
-    LicenseOptInError,
-    NotAdmittedError,
-    Registry,
-    RegistryEntry,
     RegistryError,
-    UnknownModelError,
-    license_needs_opt_in,
 )
 
 __all__ = [

@@ -6,7 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
-from awb_dagster.registry.model import ADMISSION_FIELDS, Instrument, Registry, RegistryEntry
+from awb_dagster.registry.model import ADMISSION_FIELDS, Registry, RegistryEntry
+from awb_dagster.registry.roster import Instrument
 
 
 def render_appendix(registry: Registry) -> str:

@@ -33,7 +33,7 @@ from huggingface_hub.utils import httpx
 from awb_dagster.hashing import sha256_file
 from awb_dagster.paths import HomePaths, resolve_home
 from awb_dagster.registry.lock import Pin
-from awb_dagster.registry.model import Instrument
+from awb_dagster.registry.roster import Instrument
 
 HUB_SOURCES = frozenset({"hf", "demo"})
 URL_SOURCE = "url"

@@ -35,6 +35,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A weight file published at a plain URL: http(s), ending in the file's name.
 _WEIGHT_URL_RE = re.compile(r"^https?://[^/\s]+/(?:[^\s?#]*/)?[\w.-]+$")
 
+
 class RegistryError(Exception):
     """The roster or lock is invalid, or a registry request cannot be served."""
 

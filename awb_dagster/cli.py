@@ -297,13 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """The errors users fix themselves, imported when one is raised: a lineage lookup must not
-    import the hub client (registry.pins) just to name its error."""
+    import the hub client (registry.hub_client) just to name its error."""
     from awb_dagster.instruments.common import InstrumentError
     from awb_dagster.plates.catalog import CatalogError
     from awb_dagster.provenance.store import StoreError
     from awb_dagster.registry.lock import LockError
     from awb_dagster.registry.roster import RegistryError
-    from awb_dagster.registry.pins import PinError
+    from awb_dagster.registry.hub_client import PinError
 
     return (RegistryError, LockError, PinError, CatalogError, StoreError, InstrumentError, FileNotFoundError)
 

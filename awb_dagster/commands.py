@@ -31,7 +31,8 @@ def sync_if_instance(paths: HomePaths) -> None:
 def pin(args) -> int:
     from awb_dagster.registry.lock import PinLock
     from awb_dagster.registry.model import Registry
-    from awb_dagster.registry.pins import PinError, capture_pin
+    from awb_dagster.registry.hub_client import PinError
+    from awb_dagster.registry.pins import capture_pin
 
     if args.status:
         return _pin_status(args)
@@ -72,7 +73,7 @@ def _pin_status(args) -> int:
     """Report whether the hub moved past each model's active pin; changes nothing."""
     from awb_dagster.registry.lock import PinLock
     from awb_dagster.registry.model import Registry
-    from awb_dagster.registry.pins import pin_statuses
+    from awb_dagster.registry.pin_status import pin_statuses
 
     paths = HomePaths(resolve_home(args.home))
     pins = PinLock.load(paths.lock).active_pins()

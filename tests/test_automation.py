@@ -23,7 +23,7 @@ from awb_dagster.instance import open_instance
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import PinLock
-from awb_dagster.registry.pins import pin_statuses
+from awb_dagster.registry.pin_status import pin_statuses
 from awb_dagster.resources import AwbHome, HubResource
 
 DINOV2 = "awb-demo/tiny-dinov2"

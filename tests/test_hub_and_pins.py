@@ -21,17 +21,16 @@ from huggingface_hub.utils import httpx
 
 from awb_dagster.demo import DEMO_TOKEN, LoopbackHub, build_tiny_repo
 from awb_dagster.registry import Instrument, PinLock, Registry
-from awb_dagster.registry.pins import (
-    DimMismatchError,
+from awb_dagster.registry.hub_client import (
     GatedModelError,
     HubUnreachableError,
     ModelNotFoundError,
     NotPinnableError,
     RevisionNotFoundError,
-    capture_pin,
     declared_license,
-    head_moved,
 )
+from awb_dagster.registry.pin_status import head_moved
+from awb_dagster.registry.pins import DimMismatchError, capture_pin
 
 if TYPE_CHECKING:
     from conftest import HubFixture

@@ -31,11 +31,11 @@ from awb_dagster.partitions import pins_partition_families, pins_partitions
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry import Instrument, Registry, RegistryError
-from awb_dagster.registry.pins import (
+from awb_dagster.registry.pins import capture_pin
+from awb_dagster.registry.weight_files import (
     WEIGHTS_MIRROR_ENV,
     WeightFileError,
     WeightShaMismatchError,
-    capture_pin,
     fetch_weight_file,
 )
 
@@ -306,7 +306,7 @@ def test_url_source_fields_are_validated(tmp_path: Path, source: str, extra: str
 
 
 def test_weights_dir_default_is_under_the_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from awb_dagster.registry.pins import weight_files_dir
+    from awb_dagster.registry.weight_files import weight_files_dir
 
     monkeypatch.setenv("AWB_HOME", str(tmp_path))
     assert weight_files_dir() == tmp_path.resolve() / "weights"

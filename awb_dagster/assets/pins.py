@@ -5,7 +5,7 @@ import dagster as dg
 
 from awb_dagster.constants import GROUP_PINS
 from awb_dagster.registry.lock import PinLock
-from awb_dagster.registry.pins import pin_statuses
+from awb_dagster.registry.pin_status import pin_statuses
 from awb_dagster.resources import AwbHome, HubResource
 
 DEFAULT_PIN_STATUS_CRON = "0 6 * * *"  # daily, after the nightly re-materialization

@@ -119,7 +119,7 @@ class MaskGenerator:
     """A loaded SAM or SAM-HQ instrument at one pin, with fixed generator settings.
 
     ``cache_dir`` is the hub cache; ``weights_dir`` holds weight files of ``source = "url"``
-    instruments (default: :func:`awb_dagster.registry.pins.weight_files_dir`), each verified against
+    instruments (default: :func:`awb_dagster.registry.weight_files.weight_files_dir`), each verified against
     the pin's sha256 before it is read.
     """
 
@@ -202,7 +202,8 @@ class MaskGenerator:
         sha256, read with ``weights_only=True`` and converted to ``SamModel``, with
         segment-anything's preprocessing as a ``SamProcessor``."""
         from awb_dagster.instruments.sam_convert import load_original_as_transformers, processor_for
-        from awb_dagster.registry.pins import PinError, fetch_weight_file
+        from awb_dagster.registry.hub_client import PinError
+        from awb_dagster.registry.weight_files import fetch_weight_file
 
         try:
             path = fetch_weight_file(

@@ -13,7 +13,7 @@ from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry import Instrument, LicenseOptInError
-from awb_dagster.registry.pins import weight_files_dir
+from awb_dagster.registry.weight_files import weight_files_dir
 from awb_dagster.resources.home import AwbHome
 from awb_dagster.resources.hub import HubResource
 

@@ -8,15 +8,11 @@ parsed with ``ast``, function-local and ``TYPE_CHECKING`` imports included, and
   import no layer;
 - the Dagster-free layers and the base modules never import ``dagster`` (or ``dagster_*``);
 - no module is over :data:`MAX_LINES` lines.
-
-Where a rule is broken today by a file another change is rewriting, the exception is listed
-below with its reason; an entry whose file complies again may be deleted.
 """
 
 from __future__ import annotations
 
 import ast
-import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +55,6 @@ LAYER_OF = {
     f"{PACKAGE}.cli": "top",
     f"{PACKAGE}.commands": "top",
     f"{PACKAGE}.demo": "top",
-}
-
-# Files (glob patterns) over MAX_LINES that other changes are rewriting right now (issue 9):
-# the loopback hub (540 lines), the plate catalog (432), the registry model and pin capture
-# (458, 452). Delete an entry once its file is split.
-OVER_MAX_LINES_ALLOWED = {
-    "demo/hub.py",
-    "plates/catalog.py",
-    "registry/*.py",
 }
 
 
@@ -212,8 +199,6 @@ def test_module_size(name):
     path = MODULES[name]
     relative = path.relative_to(PACKAGE_DIR).as_posix()
     lines = len(path.read_text().splitlines())
-    if any(fnmatch.fnmatch(relative, pattern) for pattern in OVER_MAX_LINES_ALLOWED):
-        pytest.skip(f"{relative}: {lines} lines, being rewritten (allowed over {MAX_LINES} for now)")
     assert lines <= MAX_LINES, f"{relative} has {lines} lines; split it by concern (at most {MAX_LINES})"
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from awb_dagster.atomic import write_json_atomic
+from awb_dagster.registry.roster import INSTRUMENT_KEY
 
 LOCK_VERSION = 1
 _SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 class LockError(ValueError):
@@ -52,7 +52,7 @@ class Pin:
             raise ValueError(
                 f"sha {self.sha!r} is neither a 40-hex commit sha nor a 64-hex sha256"
             )
-        if not _KEY_RE.match(self.instrument_key):
+        if not INSTRUMENT_KEY.match(self.instrument_key):
             raise ValueError(f"instrument_key {self.instrument_key!r} is not a registry key")
         try:
             stamp = datetime.fromisoformat(self.pinned_at)

@@ -29,7 +29,8 @@ OUTPUT_KINDS = (
     "text+boxes",
 )  # fmt: skip
 
-_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# An instrument key names the instrument in partition keys and pin keys.
+INSTRUMENT_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A weight file published at a plain URL: http(s), ending in the file's name.
@@ -163,7 +164,7 @@ def _parse_instrument(table: Mapping[str, Any], index: int, path: Path) -> Instr
             raise fail(field, f"must be a non-empty {_FIELD_TYPES[field]}, got {value!r}")
 
     values = dict(table)
-    if not _KEY_RE.match(values["key"]):
+    if not INSTRUMENT_KEY.match(values["key"]):
         raise fail("key", f"{values['key']!r} may only use [a-z0-9._-] (it is a partition key)")
     if values["family"] not in FAMILIES:
         raise fail("family", f"{values['family']!r} is not one of {', '.join(FAMILIES)}")

@@ -17,9 +17,9 @@ PostgreSQL server (``instance_server``), which each storage holds while it is op
 
 from __future__ import annotations
 
-import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -32,7 +32,6 @@ from awb_dagster.instance_server import EmbeddedPostgres
 from awb_dagster.paths import HomePaths, resolve_home
 
 EVENT_BATCH_SIZE = 100
-DYNAMIC_PARTITIONS_TTL_S = 2.0  # how stale another process's partition adds may look here
 EVENT_PAGE = 10_000  # the event log refuses more records per call
 
 
@@ -192,32 +191,34 @@ class AwbInstance(dg.DagsterInstance):
     def _get_event_batch_size(self) -> int:
         return EVENT_BATCH_SIZE
 
-    # Dynamic partition keys, cached per process for a short while. A plate × pin step checks
-    # its range against them on every per-partition metadata call (Dagster's add_asset_metadata
-    # re-resolves the whole range each time): without the cache that is several queries, each
-    # on a new connection, per partition (about 50 ms a partition on the embedded server).
-    # Adds and deletes through this instance drop the cache at once; another process's adds
-    # are seen within DYNAMIC_PARTITIONS_TTL_S.
-    def _dynamic_partitions_cache(self) -> dict[str, tuple[float, Sequence[str], frozenset[str]]]:
-        return self.__dict__.setdefault("_awb_dynamic_partitions", {})
+    # Dynamic partition keys, held while a step attaches its per-partition metadata
+    # (:meth:`dynamic_partitions_held`). Dagster's add_asset_metadata re-resolves the step's
+    # whole range on every call: without this, several queries per partition, each on a new
+    # connection (about 50 ms a partition on the embedded server). Outside that block every
+    # read goes to the database, so partitions another process adds are seen at once.
+    @contextmanager
+    def dynamic_partitions_held(self) -> Iterator[None]:
+        self.__dict__["_awb_dynamic_partitions"] = {}
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_awb_dynamic_partitions", None)
+
+    def _held(self, partitions_def_name: str) -> tuple[tuple[str, ...], frozenset[str]] | None:
+        held = self.__dict__.get("_awb_dynamic_partitions")
+        if held is None:
+            return None
+        if partitions_def_name not in held:
+            keys = tuple(super().get_dynamic_partitions(partitions_def_name))
+            held[partitions_def_name] = (keys, frozenset(keys))
+        return held[partitions_def_name]
 
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
-        cache = self._dynamic_partitions_cache()
-        cached = cache.get(partitions_def_name)
-        now = time.monotonic()
-        if cached is None or now - cached[0] > DYNAMIC_PARTITIONS_TTL_S:
-            keys = tuple(super().get_dynamic_partitions(partitions_def_name))
-            cached = cache[partitions_def_name] = (now, keys, frozenset(keys))
-        return list(cached[1])
+        held = self._held(partitions_def_name)
+        return list(held[0]) if held is not None else super().get_dynamic_partitions(partitions_def_name)
 
     def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
-        self.get_dynamic_partitions(partitions_def_name)
-        return partition_key in self._dynamic_partitions_cache()[partitions_def_name][2]
-
-    def add_dynamic_partitions(self, partitions_def_name: str, partition_keys: Sequence[str]) -> None:
-        self._dynamic_partitions_cache().pop(partitions_def_name, None)
-        super().add_dynamic_partitions(partitions_def_name, partition_keys)
-
-    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
-        self._dynamic_partitions_cache().pop(partitions_def_name, None)
-        super().delete_dynamic_partition(partitions_def_name, partition_key)
+        held = self._held(partitions_def_name)
+        if held is None:
+            return super().has_dynamic_partition(partitions_def_name, partition_key)
+        return partition_key in held[1]

@@ -12,6 +12,7 @@ records and files.
 import dataclasses
 import typing
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from awb_dagster.engine import Json, Markdown, Table, run_step
 from awb_dagster.engine.core import StreamSettings
 from awb_dagster.engine.metadata import partition_metadata
 from awb_dagster.engine.producer import Producer, StepInputs
+from awb_dagster.instance_storage import AwbInstance
 from awb_dagster.partitions import partitions_for, split_keys
 from awb_dagster.provenance.checks import CheckOutcome
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
@@ -114,6 +116,13 @@ def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     )
 
 
+def _partition_keys_held(instance: dg.DagsterInstance) -> AbstractContextManager:
+    """Dagster re-reads the step's partition range on every per-partition metadata call; awb's
+    instance holds the dynamic partition keys for the length of the loop (other instances,
+    such as a test's, read them each time)."""
+    return instance.dynamic_partitions_held() if isinstance(instance, AwbInstance) else nullcontext()
+
+
 def _deps(producer: Producer) -> list:
     """Upstream family assets map plate to plate; an upstream dimension left out of the mapping
     (its pins) maps to all of its keys."""
@@ -149,9 +158,10 @@ def build_family_asset(producer: Producer) -> dg.AssetsDefinition:
             stream=StreamSettings(torch_settings.decode_workers, torch_settings.prefetch_batches),
             log=context.log.info,
         )
-        for report in result.reports:
-            metadata = partition_metadata(result.sessions[report.pin_key], report, home.home)
-            context.add_asset_metadata(dagster_metadata(metadata), partition_key=report.partition_key)
+        with _partition_keys_held(context.instance):
+            for report in result.reports:
+                metadata = partition_metadata(result.sessions[report.pin_key], report, home.home)
+                context.add_asset_metadata(dagster_metadata(metadata), partition_key=report.partition_key)
         if result.problems:
             raise dg.Failure(
                 description=f"{len(result.problems)} plate(s) could not be processed by {producer.asset_name}; the "

@@ -22,6 +22,7 @@ from awb_dagster.registry import (
     UnknownModelError,
     render_appendix,
 )
+from awb_dagster.registry.licenses import license_needs_opt_in, license_parts, restrictive_parts
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_a529bcf95d068e29.txt"
 SEED_SECTIONS = {"3", "4", "5", "6", "7", "10"}
@@ -350,11 +351,50 @@ def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:
 @pytest.mark.parametrize(
     ("license", "flagged"),
     [("other", True), ("apple-amlr", True), ("unknown", True), ("varies", True),
-     ("cc-by-nc-sa-4.0", True), ("cc-by-nc-4.0", True), ("mit", False), ("apache-2.0", False)],
+     ("cc-by-nc-sa-4.0", True), ("cc-by-nc-4.0", True), ("mit", False), ("apache-2.0", False),
+     # An allow-list: whatever is not known-permissive needs the opt-in, normalized first.
+     ("cc-by-nd-4.0", True), ("openrail", True), ("llama2", True), ("apache-2.0,cc-by-nc-4.0", True),
+     (" cc-by-nc-4.0", True), ("CC-BY-NC-4.0 ", True), (" Apache-2.0 ", False), ("MIT", False),
+     ("license:mit", False), ("mit, bsd-3-clause", False), ("", True), (" , ", True)],
 )  # fmt: skip
 def test_license_flags(registry: Registry, license: str, flagged: bool) -> None:
     inst = dataclasses.replace(registry.get("dinov2-base").instrument, license=license)
     assert inst.license_flagged is flagged
+
+
+@pytest.mark.parametrize(
+    ("declared", "parts", "restrictive"),
+    [
+        (["apache-2.0", "cc-by-nc-4.0"], ("apache-2.0", "cc-by-nc-4.0"), ("cc-by-nc-4.0",)),
+        ("apache-2.0,cc-by-nc-4.0", ("apache-2.0", "cc-by-nc-4.0"), ("cc-by-nc-4.0",)),
+        (" Apache-2.0 ,  MIT", ("apache-2.0", "mit"), ()),
+        (["mit", " MIT "], ("mit",), ()),
+        ("cc-by-nd-4.0", ("cc-by-nd-4.0",), ("cc-by-nd-4.0",)),
+        (None, ("unknown",), ("unknown",)),
+        ([], ("unknown",), ("unknown",)),
+    ],
+)
+def test_license_parts_are_normalized_and_checked_one_by_one(declared, parts, restrictive) -> None:
+    assert license_parts(declared) == parts
+    assert restrictive_parts(declared) == restrictive
+    assert license_needs_opt_in(declared) is bool(restrictive)
+
+
+@pytest.mark.parametrize(
+    "captured", ["apache-2.0,cc-by-nc-4.0", "cc-by-nd-4.0", " cc-by-nc-4.0", "Apache-2.0, Other"]
+)
+def test_a_pinned_license_with_any_restrictive_part_needs_the_opt_in(
+    tmp_path: Path, registry: Registry, captured: str
+) -> None:
+    """dinov2-base is declared apache-2.0; the license its pin captured decides too, part by part."""
+    pinned_registry = pinned(tmp_path, make_pin(registry, "dinov2-base", license=captured))
+    (restrictive,) = restrictive_parts(captured)
+    with pytest.raises(LicenseOptInError, match=re.escape(f"license {restrictive!r}")):
+        pinned_registry.require_admitted("dinov2-base")
+    with pytest.raises(LicenseOptInError):
+        pinned_registry.require_admitted("dinov2-base", license_opt_in=["apache-2.0"])
+    assert pinned_registry.require_admitted("dinov2-base", license_opt_in=[f" {restrictive.upper()} "])
+    assert pinned_registry.require_admitted("dinov2-base", license_opt_in=["dinov2-base"])
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The instrument registry: roster, pins, admission gate. Knows nothing about Dagster."""
 
 from awb_dagster.registry.appendix import render_appendix
-from awb_dagster.registry.licenses import FLAGGED_LICENSE_PREFIXES, FLAGGED_LICENSES, license_needs_opt_in
+from awb_dagster.registry.licenses import PERMISSIVE_LICENSES, license_needs_opt_in, license_parts
 from awb_dagster.registry.lock import LockError, Pin, PinLock
 from awb_dagster.registry.model import (
     ADMISSION_FIELDS,
@@ -25,10 +25,9 @@ from awb_dagster.registry.roster import (
 __all__ = [
     "ADMISSION_FIELDS",
     "FAMILIES",
-    "FLAGGED_LICENSES",
-    "FLAGGED_LICENSE_PREFIXES",
     "LOCK_PATH",
     "OUTPUT_KINDS",
+    "PERMISSIVE_LICENSES",
     "ROSTER_PATH",
     "SOURCES",
     "DeadAlias",
@@ -43,5 +42,6 @@ __all__ = [
     "RegistryError",
     "UnknownModelError",
     "license_needs_opt_in",
+    "license_parts",
     "render_appendix",
 ]

@@ -15,6 +15,8 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import httpx
 
+from awb_dagster.registry.licenses import normalize_license
+
 DEFAULT_REVISION = "main"
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _UNREACHABLE = (httpx.TransportError, hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError)
@@ -62,14 +64,12 @@ def require_sha(info: ModelInfo, model_id: str, hub: str) -> str:
 
 
 def declared_license(info: ModelInfo) -> str:
-    """The card's ``license``, else a ``license:*`` tag, else ``unknown`` (never assumed)."""
+    """The card's ``license`` (every item of a list), else the ``license:*`` tags, else
+    ``unknown`` (never assumed); normalized as the lock records it (:func:`normalize_license`)."""
     declared = info.card_data.get("license") if info.card_data is not None else None
-    if isinstance(declared, list):
-        declared = ",".join(str(item) for item in declared)
     if declared:
-        return str(declared)
-    tag = next((t for t in info.tags or () if t.startswith("license:")), None)
-    return tag.removeprefix("license:") if tag else "unknown"
+        return normalize_license(declared if isinstance(declared, list) else str(declared))
+    return normalize_license([t for t in info.tags or () if t.startswith("license:")])
 
 
 @contextmanager

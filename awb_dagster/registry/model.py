@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from awb_dagster.registry.licenses import license_needs_opt_in
+from awb_dagster.registry.licenses import license_parts, restrictive_parts
 from awb_dagster.registry.lock import LockError, Pin, PinLock, active_pin
 from awb_dagster.registry.roster import (
     FAMILIES,
@@ -86,12 +86,12 @@ class RegistryEntry:
 
     @property
     def flagged_licenses(self) -> tuple[str, ...]:
-        """Flagged licenses among the declared one and the one captured by the active pin."""
+        """The license parts needing an opt-in, from the declared license and the one captured by
+        the active pin, each part checked on its own (a list with one restrictive part is
+        restrictive), normalized, without repeats."""
         pin = self.active_pin
-        licenses = [self.instrument.license or "unknown"]
-        if pin is not None and pin.license.lower() != licenses[0].lower():
-            licenses.append(pin.license)
-        return tuple(lic for lic in licenses if license_needs_opt_in(lic))
+        declared = [self.instrument.license, *([pin.license] if pin is not None else [])]
+        return tuple(dict.fromkeys(part for lic in declared for part in restrictive_parts(lic)))
 
     @property
     def license_flagged(self) -> bool:
@@ -184,10 +184,11 @@ class Registry:
                 f"{inst.id} ({inst.key}) is in `ideas`, not admitted; "
                 f"missing {', '.join(entry.missing)}. To admit it: {steps}"
             )
-        opted = {item.lower() for item in license_opt_in}
+        opted = {item.strip().lower() for item in license_opt_in}
         if opted & {n.lower() for n in inst.names}:
             return entry
-        unaccepted = [lic for lic in entry.flagged_licenses if lic.lower() not in opted]
+        opted_licenses = {part for item in license_opt_in for part in license_parts(item)}
+        unaccepted = [lic for lic in entry.flagged_licenses if lic not in opted_licenses]
         gated = entry.active_pin is not None and entry.active_pin.gated
         reasons = [f"license {lic!r}" for lic in unaccepted]
         if gated:

@@ -145,27 +145,48 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_runs_verify(args) -> int:
-    """Re-hash sealed runs (one, or all) against their manifests; non-zero exit on any problem."""
+    """Re-hash sealed runs (one, or all) against their manifests and each manifest against the
+    seal log; non-zero exit on any problem. ``--adopt`` records unlogged runs whose files match."""
+    from awb_dagster.hashing import sha256_file
+    from awb_dagster.provenance.store import MANIFEST_NAME
     from awb_dagster.provenance.verify import verify_run
 
     store = _store(args)
     manifests = [store.manifest(args.run_id)] if args.run_id else list(store.manifests())
+    seal_log = store.seal_log()
     bad = 0
     for manifest in manifests:
-        problems = verify_run(manifest)
+        problems = verify_run(manifest, seal_log)
+        if args.adopt and [p.kind for p in problems] == ["unlogged"]:
+            entry = store.log_seal(
+                manifest.run_id, sha256_file(manifest.run_dir / MANIFEST_NAME), manifest.payload.get("sealed_at", "")
+            )
+            print(f"adopted {manifest.run_id} (seal log line {entry.line})")
+            continue
         bad += bool(problems)
         outputs = len(manifest.payload["outputs"])
         print(f"{'ok' if not problems else 'FAILED'} {manifest.run_id} ({outputs} artifacts)")
         for problem in problems:
             print(f"  {problem.kind} {manifest.run_dir / problem.path}: {problem.detail}")
     if not args.run_id:
+        for damaged in store.damaged_manifests():
+            bad += 1
+            print(f"DAMAGED {damaged}")
         for run_dir in store.unsealed_runs():
             print(f"unsealed (interrupted, never read as complete, not verified): {run_dir}")
-    if not manifests:
+    for line in seal_log.breaks:
+        print(f"seal log broken: {line}")
+    if seal_log.exists:
+        print(f"seal log {seal_log.path}: {len(seal_log.entries)} sealed runs, head {seal_log.head}")
+    if not manifests and not bad:
         print(f"no sealed runs under {store.runs_dir}")
-    if bad:
-        print(f"{bad} of {len(manifests)} sealed run(s) do not match their manifest", file=sys.stderr)
-    return 1 if bad else 0
+    if bad or seal_log.breaks:
+        print(
+            f"{bad} sealed run(s) do not match their manifest or the seal log"
+            + (f"; the seal log is broken in {len(seal_log.breaks)} place(s)" if seal_log.breaks else ""),
+            file=sys.stderr,
+        )
+    return 1 if bad or seal_log.breaks else 0
 
 
 def cmd_runs(args) -> int:
@@ -173,15 +194,17 @@ def cmd_runs(args) -> int:
     rows = [
         {
             "run_id": m.run_id,
-            "kind": m.payload["kind"],
+            "kind": m.payload.get("kind", ""),
             "pairs": len(m.pairs),
             "failures": len(m.payload.get("failures", [])),
             "dagster_run": (m.payload.get("dagster_run_id") or "")[:8],
-            "sealed_at": m.payload["sealed_at"],
+            "sealed_at": m.payload.get("sealed_at", ""),
         }
         for m in store.manifests()
     ]
     print(text_table(rows, ["run_id", "kind", "pairs", "failures", "dagster_run", "sealed_at"]))
+    for damaged in store.damaged_manifests():
+        print(f"damaged (skipped by every command): {damaged}")
     for run_dir in store.unsealed_runs():
         print(f"unsealed (interrupted, never read as complete): {run_dir}")
     return 0
@@ -282,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", parents=[common], help="re-hash sealed artifacts against their manifests"
     )
     p.add_argument("run_id", nargs="?", help="one run (default: every sealed run)")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="record in the seal log the runs sealed before it whose files match their manifest",
+    )
     p.set_defaults(func=cmd_runs_verify)
 
     p = sub.add_parser("demo", parents=[common], help="the whole chain offline on tiny checkpoints")

@@ -8,6 +8,7 @@ import polars as pl
 
 from awb_dagster.hashing import sha256_file
 from awb_dagster.provenance.store import RunStore
+from awb_dagster.provenance.verify import seal_problem
 
 
 def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
@@ -29,6 +30,8 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
     pin_key = record.get("pin_key") or pair.pin_key
     instrument = next(i for i in manifest.payload["instruments"] if i["pin_key"] == pin_key)
     actual_sha = sha256_file(pair.artifact_path) if pair.artifact_path.is_file() else None
+    # The artifact matching its manifest proves nothing if the manifest itself was rewritten.
+    sealing = seal_problem(manifest, store.seal_log())
     return {
         "record_id": record_id,
         # Mask records (sam_masks) carry no scope column: each is one segment of its plate.
@@ -65,6 +68,8 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         "artifact": {
             "path": str(pair.artifact_path),
             "sha256": pair.artifact_sha256,
-            "verified": actual_sha == pair.artifact_sha256,
+            "verified": actual_sha == pair.artifact_sha256 and sealing is None,
+            "artifact_matches_manifest": actual_sha == pair.artifact_sha256,
+            "manifest": "matches the seal log" if sealing is None else f"{sealing.kind}: {sealing.detail}",
         },
     }

@@ -24,6 +24,14 @@ def _record_shape(info: Mapping) -> str:
     return f"{info['vector_dim']}-d"
 
 
+def _verdict(artifact: Mapping) -> str:
+    if artifact["verified"]:
+        return "verified"
+    if not artifact.get("artifact_matches_manifest", False):
+        return "MISMATCH"
+    return "NOT VERIFIED: the manifest does not match the seal log"
+
+
 def format_lineage(info: Mapping) -> str:
     """The trace :func:`awb_dagster.provenance.lineage.lineage` returns, one field a line; a
     segment's mask record follows, indented."""
@@ -36,8 +44,10 @@ def format_lineage(info: Mapping) -> str:
         f"preprocess  {info['preprocess_tag']}",
         f"run         {info['run_id']}  (dagster run {info['dagster_run_id']})",
         f"artifact    {artifact['path']}",
-        f"sha256      {artifact['sha256']}  ({'verified' if artifact['verified'] else 'MISMATCH'})",
+        f"sha256      {artifact['sha256']}  ({_verdict(artifact)})",
     ]
+    if not artifact["verified"] and artifact.get("artifact_matches_manifest", False):
+        lines.append(f"manifest    {artifact['manifest']}")
     if info.get("scope") == "tile":
         lines.insert(1, f"tile        {info['region_ref']} (XYWH, plate pixels)")
     region = info.get("region")

@@ -2,14 +2,23 @@
 
 Layout: ``<root>/runs/<run_id>/`` holds append-only artifacts and, once the run is sealed,
 ``run.manifest.json``. The manifest is written last and atomically, so a run directory
-without one is an interrupted run and is never read as complete.
+without one is an interrupted run and is never read as complete. Sealing then appends the
+manifest's sha256 to ``<root>/seal.log`` (:mod:`awb_dagster.provenance.seal_log`), which
+``awb runs verify`` checks manifests against.
+
+A manifest that cannot be read (not JSON, a required field missing, a path leaving its run
+directory) is skipped with a warning naming it: one damaged run never makes the others
+unusable. Files are world-readable and read-only once sealed (0444), so a team sharing a home
+can read each other's runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -24,6 +33,8 @@ import pyarrow.parquet as pq
 
 from awb_dagster.atomic import write_json_atomic
 from awb_dagster.hashing import sha256_file
+from awb_dagster.provenance.manifest_fields import manifest_problem
+from awb_dagster.provenance.seal_log import SEAL_LOG_NAME, SealEntry, SealLog, append_seal, read_seal_log
 
 MANIFEST_NAME = "run.manifest.json"
 MANIFEST_VERSION = 1
@@ -43,8 +54,24 @@ _TRACKED_LIBRARIES = (
 )
 
 
+_LOG = logging.getLogger(__name__)
+# What open_run makes: <stamp>-<kind>-<hex>. Anything else (a path, "..") is refused.
+_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
+
+
 class StoreError(Exception):
     """A run store problem: names the run and the file."""
+
+
+class ManifestError(StoreError):
+    """A sealed run's manifest that cannot be read: names the file and what is wrong."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(
+            f"{path}: {problem}; this run is skipped (every other run stays usable). Restore the "
+            "manifest from a backup, or move its run directory out of the store."
+        )
+        self.path = path
 
 
 def utc_now() -> str:
@@ -62,7 +89,21 @@ def library_versions() -> dict[str, str]:
 
 
 def _make_read_only(path: Path) -> None:
-    path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    """0444: sealed files are read-only for everyone and readable by a team sharing the home."""
+    path.chmod((path.stat().st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    """The manifest of ``run_dir``, checked for the fields every reader relies on."""
+    path = run_dir / MANIFEST_NAME
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, f"manifest is not valid JSON ({exc})") from exc
+    problem = manifest_problem(run_dir, payload)
+    if problem:
+        raise ManifestError(path, problem)
+    return Manifest(run_dir, payload)
 
 
 @dataclass(frozen=True)
@@ -215,6 +256,7 @@ class OpenRun:
         manifest_path = self.run_dir / MANIFEST_NAME
         write_json_atomic(manifest_path, payload)
         _make_read_only(manifest_path)
+        self.store.log_seal(self.run_id, sha256_file(manifest_path), payload["sealed_at"])
         self.sealed = True
         return Manifest(self.run_dir, payload)
 
@@ -225,6 +267,7 @@ class RunStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
+        self.seal_log_path = self.root / SEAL_LOG_NAME
 
     def open_run(
         self,
@@ -258,23 +301,47 @@ class RunStore:
         return sorted(p for p in self.runs_dir.iterdir() if p.is_dir())
 
     def manifests(self) -> Iterator[Manifest]:
-        """Sealed runs only, oldest first; unsealed directories are skipped."""
+        """Readable sealed runs, oldest first; unsealed directories are skipped, and so are
+        damaged manifests, each with a warning naming it (:meth:`damaged_manifests` lists them)."""
         for run_dir in self.run_dirs():
-            path = run_dir / MANIFEST_NAME
-            if not path.is_file():
+            if not (run_dir / MANIFEST_NAME).is_file():
                 continue
             try:
-                payload = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise StoreError(f"{path}: manifest is not valid JSON ({exc})") from exc
-            yield Manifest(run_dir, payload)
+                yield read_manifest(run_dir)
+            except ManifestError as exc:
+                _LOG.warning("%s", exc)
+
+    def damaged_manifests(self) -> list[ManifestError]:
+        """Every sealed run whose manifest cannot be read, with what is wrong with it."""
+        damaged = []
+        for run_dir in self.run_dirs():
+            if (run_dir / MANIFEST_NAME).is_file():
+                try:
+                    read_manifest(run_dir)
+                except ManifestError as exc:
+                    damaged.append(exc)
+        return damaged
+
+    def run_dir(self, run_id: str) -> Path:
+        """``runs/<run_id>``; a run id that is a path, or leads out of the store, is refused."""
+        run_dir = self.runs_dir / run_id
+        if not _RUN_ID.fullmatch(run_id) or not run_dir.resolve().is_relative_to(self.runs_dir.resolve()):
+            raise StoreError(f"{run_id!r} is not a run id (a name listed by `awb runs`, not a path)")
+        return run_dir
 
     def manifest(self, run_id: str) -> Manifest:
-        path = self.runs_dir / run_id / MANIFEST_NAME
-        if not path.is_file():
-            state = "is not sealed (interrupted or still running)" if path.parent.is_dir() else "does not exist"
+        run_dir = self.run_dir(run_id)
+        if not (run_dir / MANIFEST_NAME).is_file():
+            state = "is not sealed (interrupted or still running)" if run_dir.is_dir() else "does not exist"
             raise StoreError(f"run {run_id} {state} under {self.runs_dir}")
-        return Manifest(path.parent, json.loads(path.read_text(encoding="utf-8")))
+        return read_manifest(run_dir)
+
+    def seal_log(self) -> SealLog:
+        return read_seal_log(self.seal_log_path)
+
+    def log_seal(self, run_id: str, manifest_sha256: str, sealed_at: str) -> SealEntry:
+        """Append a sealed manifest's sha256 to the seal log (at sealing, or to adopt an unlogged run)."""
+        return append_seal(self.seal_log_path, run_id=run_id, manifest_sha256=manifest_sha256, sealed_at=sealed_at)
 
     def unsealed_runs(self) -> list[Path]:
         return [d for d in self.run_dirs() if not (d / MANIFEST_NAME).is_file()]

@@ -1,7 +1,9 @@
 """One factory turns a producer (awb_dagster/producers/) into its plate × pin asset: two dynamic
 partition dimensions, a single-run backfill policy (one run, one model load per pin over all
-plates), the ``gpu`` pool, blocking checks, run config from the producer's settings, and the
-engine's loop as the body. Adding a family is a producer, roster entries and a demo checkpoint.
+plates) or, with ``AWB_MAX_PARTITIONS_PER_RUN=N``, runs of at most N contiguous partitions (one
+model load each, so N GPUs share a backfill; each run leases a card, resources/devices.py), the
+``gpu`` pool, blocking checks, run config from the producer's settings, and the engine's loop as
+the body. Adding a family is a producer, roster entries and a demo checkpoint.
 
 Dagster 1.13 evaluates the checks once per step, not per partition: a range run (single-run
 backfill) records one evaluation per check with no partition, and AssetCheckResult cannot name
@@ -28,6 +30,8 @@ from awb_dagster.instance_storage import AwbInstance
 from awb_dagster.partitions import partitions_for, split_keys
 from awb_dagster.provenance.checks import CheckOutcome
 from awb_dagster.resources import AwbHome, InstrumentsResource, TorchResource
+from awb_dagster.resources.devices import step_resources
+from awb_dagster.resources.settings import max_partitions_per_run
 
 _MAX_FAILURE_ROWS = 100  # rows in a check's metadata table; `failing` counts all
 
@@ -135,8 +139,19 @@ def _deps(producer: Producer) -> list:
     return [*upstream, "plate_catalog", PLATE_FILES_KEY]
 
 
-def build_family_asset(producer: Producer) -> dg.AssetsDefinition:
-    """The plate × pin asset of ``producer``."""
+def family_backfill_policy(max_per_run: int | None) -> dg.BackfillPolicy:
+    """One run per backfill (None), or runs of at most ``max_per_run`` contiguous partitions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy is beta in Dagster 1.13
+        if max_per_run is None:
+            return dg.BackfillPolicy.single_run()
+        return dg.BackfillPolicy.multi_run(max_partitions_per_run=max_per_run)
+
+
+def build_family_asset(producer: Producer, backfill_policy: dg.BackfillPolicy | None = None) -> dg.AssetsDefinition:
+    """The plate × pin asset of ``producer``; its backfill policy from ``AWB_MAX_PARTITIONS_PER_RUN``
+    unless one is given."""
+    policy = backfill_policy or family_backfill_policy(max_partitions_per_run())
     partitions_def = partitions_for(producer.pins_dimension)
     config_type = config_class(producer)
 
@@ -147,17 +162,19 @@ def build_family_asset(producer: Producer) -> dg.AssetsDefinition:
         instruments: InstrumentsResource,
         torch_settings: TorchResource,
     ) -> dg.MaterializeResult:
-        inputs = StepInputs(instruments, torch_settings, home.store(), home.catalog(), home.max_pixels)
-        result = run_step(
-            producer,
-            settings_from(producer, config),
-            split_keys(partitions_def, context.partition_keys),
-            inputs,
-            dagster_run_id=context.run_id,
-            force=config.force,
-            stream=StreamSettings(torch_settings.decode_workers, torch_settings.prefetch_batches),
-            log=context.log.info,
-        )
+        with step_resources(home, instruments, torch_settings, f"run {context.run_id}", context.log.info) as placed:
+            instruments, torch_settings = placed
+            inputs = StepInputs(instruments, torch_settings, home.store(), home.catalog(), home.max_pixels)
+            result = run_step(
+                producer,
+                settings_from(producer, config),
+                split_keys(partitions_def, context.partition_keys),
+                inputs,
+                dagster_run_id=context.run_id,
+                force=config.force,
+                stream=StreamSettings(torch_settings.decode_workers, torch_settings.prefetch_batches),
+                log=context.log.info,
+            )
         with _partition_keys_held(context.instance):
             for report in result.reports:
                 metadata = partition_metadata(result.sessions[report.pin_key], report, home.home)
@@ -181,7 +198,7 @@ def build_family_asset(producer: Producer) -> dg.AssetsDefinition:
             name=producer.asset_name,
             description=producer.description,
             partitions_def=partitions_def,
-            backfill_policy=dg.BackfillPolicy.single_run(),
+            backfill_policy=policy,
             pool=GPU_POOL,
             group_name=producer.group,
             code_version=producer.code_version,

@@ -12,7 +12,11 @@ Read at load, as plain values: ``AWB_HOME`` (the lock and catalog shape the part
 ``AWB_DECODER`` (``Literal`` fields take no ``EnvVar``), ``AWB_BATCH_SIZE`` and
 ``AWB_DECODE_WORKERS`` (``EnvVar.int`` is validated as 0 at load, which their ``ge=1`` bound
 refuses) and the booleans ``HF_HUB_OFFLINE`` and ``AWB_JPEG_DRAFT`` (``EnvVar`` has no boolean
-form). A bad value of these fails at load, naming the variable."""
+form). A bad value of these fails at load, naming the variable.
+
+``AWB_MAX_PARTITIONS_PER_RUN`` (read at load: it shapes the family assets' backfill policy):
+unset or 0, one run per pin over all plates; N, a backfill is split into runs of at most N
+contiguous partitions, so that several GPUs (or machines) share it."""
 
 from __future__ import annotations
 
@@ -61,6 +65,14 @@ def env_flag(name: str, default: bool) -> bool:
 def env_list(name: str) -> list[str]:
     """A comma list read now (``AWB_LICENSE_OPT_IN=a,b``)."""
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def max_partitions_per_run() -> int | None:
+    """``AWB_MAX_PARTITIONS_PER_RUN``: None (unset or 0) for single-run backfills, else N >= 1."""
+    value = env_int("AWB_MAX_PARTITIONS_PER_RUN", 0)
+    if value < 0:
+        raise ValueError(f"AWB_MAX_PARTITIONS_PER_RUN={value}: expected 0 (one run per pin) or a positive number")
+    return value or None
 
 
 def build_resources(

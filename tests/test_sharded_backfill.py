@@ -1,0 +1,183 @@
+"""Sharded backfills: AWB_MAX_PARTITIONS_PER_RUN, device leases, and the distributed path proven
+locally (the daemon's queued run coordinator launching two concurrent run workers over one
+backfill of one pin, CPU, tiny weights from a private loopback hub)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from awb_dagster.assets.factory import build_family_asset, family_backfill_policy
+from awb_dagster.constants import GPU_POOL
+from awb_dagster.definitions import build_definitions
+from awb_dagster.instance import dagster_env, open_instance
+from awb_dagster.paths import REPO_ROOT, HomePaths
+from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
+from awb_dagster.producers import producers_for
+from awb_dagster.provenance.lineage import lineage
+from awb_dagster.resources import AwbHome
+from awb_dagster.resources.devices import DeviceLeaseError, claim_device, lease_path, leased_devices
+from awb_dagster.resources.settings import max_partitions_per_run
+from test_e2e_webserver import (  # the e2e helpers: subprocesses, GraphQL, the private hub
+    ASSET,
+    BACKFILL,
+    DAEMON,
+    FINISHED,
+    LAUNCH_BACKFILL,
+    LOCATION,
+    WEBSERVER,
+    GraphQL,
+    Processes,
+    _awb,
+    _free_port,
+    _pinned_key,
+    private_hub,  # noqa: F401 (fixture)
+)
+
+RUNS = """
+query Runs($ids: [String!]!) {
+  runsOrError(filter: {runIds: $ids}) { ... on Runs { results { runId status startTime endTime
+    tags { key value } } } }
+}"""
+TEST_BUDGET_S = 240  # typically 90-150 s on two shared cores
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("0", None), ("1", 1), ("250", 250)])
+def test_max_partitions_per_run_setting(monkeypatch, value, expected):
+    monkeypatch.setenv("AWB_MAX_PARTITIONS_PER_RUN", value)
+    assert max_partitions_per_run() == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_max_partitions_per_run_refuses_bad_values(monkeypatch, value):
+    monkeypatch.setenv("AWB_MAX_PARTITIONS_PER_RUN", value)
+    with pytest.raises(ValueError, match="AWB_MAX_PARTITIONS_PER_RUN"):
+        max_partitions_per_run()
+
+
+def test_family_assets_take_the_deployment_backfill_policy(monkeypatch):
+    producer = next(p for p in producers_for(["dinov2"]) if p.asset_name == ASSET)
+    assert build_family_asset(producer).backfill_policy == family_backfill_policy(None)
+    monkeypatch.setenv("AWB_MAX_PARTITIONS_PER_RUN", "64")
+    policy = build_family_asset(producer).backfill_policy
+    assert policy == family_backfill_policy(64) and policy.max_partitions_per_run == 64
+
+
+@pytest.mark.parametrize(
+    ("setting", "cards", "expected"),
+    [
+        ("auto", 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        ("cuda", 2, ["cuda:0", "cuda:1"]),
+        ("auto", 1, []),  # one card: nothing to choose
+        ("auto", 0, []),  # CPU
+        ("cuda:1", 4, []),  # an explicit card is used as given
+        ("cpu", 4, []),
+    ],
+)
+def test_leased_devices(setting, cards, expected):
+    assert leased_devices(setting, cards) == expected
+
+
+def test_concurrent_claims_get_different_cards_and_release_on_exit(tmp_path):
+    cards = ["cuda:0", "cuda:1"]
+    with claim_device(tmp_path, cards, "run a") as first, claim_device(tmp_path, cards, "run b") as second:
+        assert {first, second} == set(cards)
+        assert lease_path(tmp_path, first).read_text().startswith("run a")
+        with pytest.raises(DeviceLeaseError, match="every device is leased") as failed:
+            with claim_device(tmp_path, cards, "run c", timeout_s=0):
+                pass
+        assert "run a" in str(failed.value) and "run b" in str(failed.value)
+    with claim_device(tmp_path, cards, "run d") as again:
+        assert again == "cuda:0"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (WEBSERVER.exists() and DAEMON.exists()), reason="dagster-webserver is not installed")
+def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys):  # noqa: F811
+    started = time.monotonic()
+    hub, endpoint = private_hub
+    home_dir, plates_dir = tmp_path / "home", tmp_path / "plates"
+    plates_dir.mkdir()
+    for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
+        if plate.suffix in (".jpg", ".png"):
+            shutil.copy(plate, plates_dir / plate.name)
+    home = ["--home", str(home_dir)]
+    pin = _pinned_key(_awb(capsys, "pin", "awb-demo/tiny-dinov2", "--endpoint", endpoint, *home))
+    _awb(capsys, "plates", "add", str(plates_dir), *home)
+    plate_ids = sorted(AwbHome(home=str(home_dir)).catalog().plates)
+    per_run = (len(plate_ids) + 1) // 2  # two shards
+    defs = build_definitions(home=str(home_dir), endpoint=endpoint)
+    instance = open_instance(HomePaths(home_dir))
+    assert defs.resolve_job_def("observe_plate_files").execute_in_process(instance=instance).success
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 2)  # two cards' worth of gpu slots
+
+    env = {
+        **dagster_env(HomePaths(home_dir)),
+        "HF_ENDPOINT": endpoint,
+        "AWB_MAX_PARTITIONS_PER_RUN": str(per_run),
+        "AWB_DECODE_WORKERS": "1",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    processes = Processes(tmp_path)
+    try:
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        port = _free_port()
+        processes.start("webserver", [str(WEBSERVER), "-h", "127.0.0.1", "-p", str(port), "-w", workspace], env)
+        graphql = GraphQL(port, processes, deadline=started + TEST_BUDGET_S)
+
+        def location_loaded() -> bool:
+            entries = graphql(LOCATION)["workspaceOrError"]["locationEntries"]
+            states = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]]
+            assert not [s["message"] for s in states if s["__typename"] == "PythonError"]
+            return bool(states) and states[0]["__typename"] == "RepositoryLocation"
+
+        graphql.wait("the webserver to load the code location", 150, location_loaded)
+        keys = sorted(f"{pin}|{plate}" for plate in plate_ids)
+        launched = graphql(
+            LAUNCH_BACKFILL,
+            params={"partitionNames": keys, "assetSelection": [{"path": [ASSET]}], "fromFailure": False},
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        processes.start("daemon", [str(DAEMON), "run", "-w", workspace], env)
+
+        def backfill_finished() -> dict | None:
+            backfill = graphql(BACKFILL, id=launched["backfillId"])["partitionBackfillOrError"]
+            return backfill if backfill["status"] in FINISHED else None
+
+        backfill = graphql.wait("the sharded backfill to finish", 200, backfill_finished)
+        assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), f"{backfill}\n{processes.tail()}"
+        run_ids = [run["runId"] for run in backfill["runs"]]
+        runs = graphql(RUNS, ids=run_ids)["runsOrError"]["results"]
+    finally:
+        processes.stop()
+    assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"], f"two shards of {per_run} partitions: {runs}"
+    first, second = sorted(runs, key=lambda run: run["startTime"])
+    assert second["startTime"] < first["endTime"], f"the two shards ran one after the other: {runs}"
+
+    store = AwbHome(home=str(home_dir)).store()
+    manifests = [m for m in store.manifests() if m.payload.get("dagster_run_id") in run_ids]
+    assert sorted(m.payload["dagster_run_id"] for m in manifests) == sorted(run_ids), "each shard seals one run"
+    assert all(m.payload.get("device") for m in manifests), "each manifest names its device"
+    record_ids = [rid for m in manifests for pair in m.pairs for rid in pair["record_ids"]]
+    assert len(record_ids) == len(set(record_ids)) == len(plate_ids), "every plate once, no record sealed twice"
+    assert sorted(pair["plate_id"] for m in manifests for pair in m.pairs) == plate_ids
+    for record_id in record_ids:
+        assert lineage(store, record_id)["record_id"] == record_id
+
+    # The automation's next evaluations (a cron tick passed) request nothing: every partition is done.
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    cursor = None
+    for hours in (0, 3):
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(ASSET),
+            evaluation_time=tomorrow + timedelta(hours=hours), cursor=cursor,
+        )  # fmt: skip
+        cursor = result.cursor
+        assert result.total_requested == 0, result.get_requested_partitions(ASSET)
+    instance.dispose()
+    print(f"sharded backfill: {len(plate_ids)} plates in 2 concurrent runs, {time.monotonic() - started:.0f} s in all")

@@ -40,6 +40,8 @@ def pin(args) -> int:
         return _pin_retire(args)
     paths = HomePaths(resolve_home(args.home))
     registry = Registry.load(lock_path=paths.lock)
+    if args.file:
+        return _pin_file(args, paths, registry)
     if args.all:
         entries = [e for e in registry.entries if e.instrument.source == "hf"]
     elif args.models:
@@ -48,7 +50,7 @@ def pin(args) -> int:
         print("name a model or use --all", file=sys.stderr)
         return 2
     lock = PinLock.load(paths.lock)
-    failed = 0
+    failed = changed = 0
     for entry in entries:
         try:
             captured = capture_pin(
@@ -56,17 +58,47 @@ def pin(args) -> int:
                 revision=args.revision,
                 endpoint=args.endpoint,
                 token=os.environ.get("HF_TOKEN"),
+                cache_dir=paths.hf_cache,  # the pin's files live in this home, nowhere else
                 weights_dir=paths.weights,  # url-source weight files live in this home
             )
         except PinError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             continue
-        changed = lock.add(captured)
-        print(f"{'pinned' if changed else 'unchanged'} {entry.instrument.id} -> {captured.key} (license {captured.license})")
-    lock.save(paths.lock)
-    sync_if_instance(paths)
+        added = lock.add(captured)
+        changed += added
+        print(
+            f"{'pinned' if added else 'unchanged'} {entry.instrument.id} -> {captured.key} "
+            f"(license {captured.license}, {len(captured.files)} files in {paths.hf_cache})"
+        )
+    if changed:  # a failed or no-op pin writes nothing: no empty lock, no instance
+        lock.save(paths.lock)
+        sync_if_instance(paths)
     return 1 if failed else 0
+
+
+def _pin_file(args, paths: HomePaths, registry) -> int:
+    """Pin one torchvision instrument from a local weight file (seed section 11)."""
+    from awb_dagster.registry.hub_client import PinError
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.torchvision_weights import capture_torchvision_pin
+
+    if len(args.models) != 1 or args.all or args.revision:
+        print("--file pins exactly one model (no --all, no --revision): awb pin KEY --file PATH", file=sys.stderr)
+        return 2
+    entry = registry.get(args.models[0])
+    try:
+        captured = capture_torchvision_pin(entry.instrument, Path(args.file), weights_dir=paths.weights)
+    except PinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    lock = PinLock.load(paths.lock)
+    changed = lock.add(captured)
+    lock.save(paths.lock)
+    print(f"{'pinned' if changed else 'unchanged'} {entry.instrument.id} -> {captured.key} "
+          f"({captured.revision_requested}, torchvision {captured.config['library_version']}, license {captured.license})")
+    sync_if_instance(paths)
+    return 0
 
 
 def _pin_status(args) -> int:
@@ -133,13 +165,35 @@ def plates_add(args) -> int:
 
 
 def run(args) -> int:
+    """Materialize one family; SIGINT/SIGTERM stop it cleanly (exit 130): the run in progress is
+    marked failed, its slot freed, its sealed chunks kept, and a re-run completes the rest."""
+    from awb_dagster.runner import stop_on_signals
+
+    try:
+        with stop_on_signals():
+            return _run(args)
+    except KeyboardInterrupt as interrupt:
+        print(f"awb run: stopped by {interrupt.args[0] if interrupt.args else 'SIGINT'}; the plates sealed so far "
+              "are kept, and the same `awb run` completes only what is missing", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
-    from awb_dagster.runner import materialize_family, materialize_masks, materialize_regions, materialize_semantic
+    from awb_dagster.runner import (
+        fail_runs_of_dead_processes,
+        materialize_family,
+        materialize_masks,
+        materialize_regions,
+        materialize_semantic,
+    )
 
     paths = HomePaths(resolve_home(args.home))
     instance = open_instance(paths)
+    for run_id in fail_runs_of_dead_processes(instance):
+        print(f"dagster run {run_id}: its process is gone (killed or crashed); marked failed, its gpu slot freed")
     sync_if_instance(paths)
     region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
     partitions_name = f"{region_scope}_pins" if region_scope else pins_partitions[args.family].name

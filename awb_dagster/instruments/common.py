@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.pin_files import pin_files_cached
 from awb_dagster.registry.roster import Instrument
 
 # PIL resample codes as image processors store them, by name (the name goes into preprocess tags).
@@ -49,11 +50,15 @@ def require_pin_of(instrument: Instrument, pin: Pin, error: type[Exception]) -> 
 
 def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, local_files_only: bool) -> dict[str, Any]:
     """``from_pretrained`` arguments that load exactly the pinned weights: the locked sha (never
-    a branch), the home's cache, and remote code only where the registry entry allows it."""
+    a branch), the home's cache, and remote code only where the registry entry allows it.
+
+    A pin whose files are in ``cache_dir`` (``awb pin`` fetched and verified them there) loads
+    from it alone, whatever ``local_files_only`` says: no network, no endpoint. A pin taken before
+    pins carried their files downloads at the first load, unless ``local_files_only``."""
     return {
         "revision": pin.sha,
         "cache_dir": str(cache_dir) if cache_dir else None,
-        "local_files_only": local_files_only,
+        "local_files_only": local_files_only or pin_files_cached(cache_dir, pin.model_id, pin.sha, pin.files),
         "trust_remote_code": instrument.trust_remote_code,
     }
 
@@ -72,8 +77,8 @@ def weights_error(model_id: str, pin: Pin, exc: OSError) -> InstrumentError:
     """The error for pinned weights that cannot be loaded, with what to check."""
     return InstrumentError(
         f"{model_id}@{pin.sha}: cannot load weights ({exc}). Weights load only at the "
-        "locked sha through safetensors; check the hub endpoint/token, or the local cache "
-        "when offline (HF_HUB_OFFLINE=1)."
+        "locked sha through safetensors, from the home's hub cache (<home>/hf-cache) where `awb pin` "
+        f"puts them: `awb pin {model_id} --revision {pin.sha}` fetches them again (it needs the hub)."
     )
 
 

@@ -7,6 +7,7 @@ Every hub failure becomes a :class:`PinError` that names the model and what to d
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,11 +47,35 @@ class NotPinnableError(PinError):
     """The instrument's weights are not hosted on the hub (torchvision, Tesseract)."""
 
 
-def model_info(model_id: str, hub: str, token: str | None, revision: str | None) -> ModelInfo:
-    """The hub's metadata of ``model_id`` at ``revision`` (None: the default branch); call it
-    inside :func:`hub_errors`."""
+def check_endpoint(model_id: str, endpoint: str) -> str:
+    """``endpoint`` without a trailing slash, if it is an http(s) URL with a host and a valid port;
+    otherwise a :class:`PinError` saying what is wrong."""
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError as error:
+        problem = str(error)
+    else:
+        problem = (
+            "the scheme must be http or https" if parts.scheme not in ("http", "https")
+            else "it names no host" if not parts.hostname
+            else None
+        )  # fmt: skip
+    if problem is not None:
+        raise PinError(
+            f"{model_id}: hub endpoint {endpoint!r} is not a usable URL ({problem}); pass one like"
+            " https://huggingface.co or http://127.0.0.1:PORT (--endpoint, or HF_ENDPOINT)."
+        )
+    return endpoint.rstrip("/")
+
+
+def model_info(
+    model_id: str, hub: str, token: str | None, revision: str | None, *, files_metadata: bool = False
+) -> ModelInfo:
+    """The hub's metadata of ``model_id`` at ``revision`` (None: the default branch), with each
+    file's size and hashes when ``files_metadata``; call it inside :func:`hub_errors`."""
     return HfApi(endpoint=hub, token=token).model_info(
-        model_id, revision=revision, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+        model_id, revision=revision, files_metadata=files_metadata, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
     )
 
 
@@ -104,11 +129,22 @@ def hub_errors(model_id: str, hub: str, revision: str, token: str | None) -> Ite
                 f"{model_id}: {hub} refused access (HTTP {status}); set a token with access (HF_TOKEN or"
                 f" `hub.token` in the config) and accept the license on {hub}/{model_id}."
             ) from error
-        raise PinError(f"{model_id}: {hub} answered HTTP {status} ({error}); retry later.") from error
+        raise PinError(f"{model_id}: {hub} answered HTTP {status} ({one_line(error)}); retry later.") from error
     except _UNREACHABLE as error:
-        reason = "offline mode is on" if isinstance(error, hf_errors.OfflineModeIsEnabled) else str(error)
+        reason = "offline mode is on" if isinstance(error, hf_errors.OfflineModeIsEnabled) else one_line(error)
         raise HubUnreachableError(
             f"{model_id}: the hub at {hub} cannot be reached ({reason}). Pinning needs the hub; to run"
             " without it, keep the existing lock and set HF_HUB_OFFLINE=1 with a local cache that holds"
             " the pinned files."
         ) from error
+    except (OSError, ValueError) as error:  # an answer that is not the hub's: bad JSON, missing headers
+        raise PinError(
+            f"{model_id}: {hub} gave an answer awb cannot use ({type(error).__name__}: {one_line(error)});"
+            " check that the endpoint is a Hugging Face hub, then retry."
+        ) from error
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (errors print as one line)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,6 +22,7 @@ from awb_dagster.registry.roster import INSTRUMENT_KEY
 
 LOCK_VERSION = 1
 _SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class LockError(ValueError):
@@ -46,6 +47,9 @@ class Pin:
     endpoint: str
     instrument_key: str
     retired: bool = False
+    # The files the pin carries (name -> sha256), fetched into the home's hub cache and verified
+    # when the pin was taken; empty for pins taken before pins carried files, and for weight files.
+    files: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not _SHA_RE.match(self.sha):
@@ -70,6 +74,9 @@ class Pin:
                 raise ValueError(f"{name} must be an integer or null, got {value!r}")
         if not self.license:
             raise ValueError("license is empty; record 'unknown' when none is declared")
+        for name, digest in self.files.items():
+            if not isinstance(name, str) or not isinstance(digest, str) or not _SHA256_RE.match(digest):
+                raise ValueError(f"files[{name!r}] must be the file's 64-hex sha256, got {digest!r}")
 
     @property
     def key(self) -> str:
@@ -80,19 +87,22 @@ class Pin:
         """A JSON-ready dict of every field."""
         data = dataclasses.asdict(self)
         data["config"] = dict(self.config)
+        data["files"] = dict(self.files)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Pin:
         """Build a pin from ``to_json`` output; raises ``ValueError`` naming what is wrong."""
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.name != "retired"}
+        required = {f.name for f in dataclasses.fields(cls) if f.name not in ("retired", "files")}
         if missing := sorted(required - data.keys()):
             raise ValueError(f"missing field(s) {', '.join(missing)}")
         if unknown := sorted(data.keys() - names):
             raise ValueError(f"unknown field(s) {', '.join(unknown)}")
         if not isinstance(data["config"], dict):
             raise ValueError("config must be an object")
+        if not isinstance(data.get("files", {}), dict):
+            raise ValueError("files must be an object of file name -> sha256")
         return cls(**data)
 
 
@@ -152,10 +162,16 @@ class PinLock:
         write_json_atomic(path, self.to_json())
 
     def add(self, pin: Pin) -> bool:
-        """Append ``pin``; returns False (and changes nothing) if its sha is already active."""
+        """Append ``pin``; returns False (and changes nothing) if its sha is already active. An
+        active pin of that sha taken before pins carried their files gets ``pin.files`` (True)."""
         active = self.active(pin.model_id)
         if active is not None and active.sha == pin.sha:
-            return False
+            if active.files or not pin.files:
+                return False
+            self._pins[pin.model_id] = [
+                dataclasses.replace(p, files=dict(pin.files)) if p is active else p for p in self._pins[pin.model_id]
+            ]
+            return True
         self._pins.setdefault(pin.model_id, []).append(pin)
         return True
 

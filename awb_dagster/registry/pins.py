@@ -17,19 +17,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants, hf_hub_download
-from huggingface_hub import errors as hf_errors
+from huggingface_hub import constants
 
 from awb_dagster.registry.hub_client import (
+    COMMIT_SHA,
     DEFAULT_REVISION,
     NotPinnableError,
     PinError,
+    check_endpoint,
     declared_license,
     hub_errors,
     model_info,
+    one_line,
     require_sha,
 )
 from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.pin_files import fetch_pin_files, pinned_siblings
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.weight_files import URL_SOURCE, capture_url_pin
 
@@ -73,13 +76,48 @@ def capture_pin(
             " pin is the library version + weight id + sha256 of the weight file (seed section 11), which is"
             " not captured through the hub. Record it in the lock by hand."
         )
-    hub = (endpoint or constants.ENDPOINT).rstrip("/")
+    hub = check_endpoint(instrument.id, endpoint or constants.ENDPOINT)
     requested = revision or DEFAULT_REVISION
     with hub_errors(instrument.id, hub, requested, token):
-        info = model_info(instrument.id, hub, token, revision)
+        info = model_info(instrument.id, hub, token, revision, files_metadata=True)
         sha = require_sha(info, instrument.id, hub)
-        config_file, config = _download_config(instrument.id, sha, hub, token, cache_dir)
+        if revision is not None and COMMIT_SHA.fullmatch(revision) and sha != revision:
+            raise PinError(
+                f"{instrument.id}: asked {hub} for commit {revision}, it answered commit {sha}; refusing to"
+                " pin. Check the endpoint (a proxy or mirror rewriting answers?) and retry."
+            )
+        captured: dict[str, Any] = {}
 
+        def check_config(folder: Path) -> None:  # before the files enter the cache
+            captured.update(_captured_config(instrument, sha, folder))
+
+        files = fetch_pin_files(
+            instrument.id, sha, pinned_siblings(info), hub=hub, token=token, cache_dir=cache_dir, accept=check_config
+        )
+    dim_field, size_field = captured.pop("dim_field"), captured.pop("size_field")
+    return Pin(
+        model_id=info.id,
+        sha=sha,
+        revision_requested=requested,
+        pipeline_tag=info.pipeline_tag,
+        library_name=info.library_name,
+        license=declared_license(info),
+        gated=bool(info.gated),
+        config=captured,
+        output_dim=captured.get(dim_field) if dim_field else None,
+        input_size=captured.get(size_field) if size_field else None,
+        pinned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        endpoint=hub,
+        instrument_key=instrument.key,
+        files=files,
+    )
+
+
+def _captured_config(instrument: Instrument, sha: str, folder: Path) -> dict[str, Any]:
+    """The config fields fixing output dim and input size, read from the fetched files in
+    ``folder`` (plus ``dim_field``/``size_field``: their dotted names); a dim that contradicts the
+    roster's ``expected_dim`` is refused (:class:`DimMismatchError`)."""
+    config_file, config = _read_config(instrument.id, sha, folder)
     dim_field, size_field = _config_fields(instrument, config_file)
     captured = {
         field: _lookup(config, field, instrument.id, sha, config_file)
@@ -94,35 +132,25 @@ def capture_pin(
             f" declares expected_dim = {declared} for {instrument.key}. Refusing to pin; fix"
             " expected_dim (or dim_config_field) in roster.toml, or pin a revision whose config matches."
         )
-    return Pin(
-        model_id=info.id,
-        sha=sha,
-        revision_requested=requested,
-        pipeline_tag=info.pipeline_tag,
-        library_name=info.library_name,
-        license=declared_license(info),
-        gated=bool(info.gated),
-        config=captured,
-        output_dim=output_dim,
-        input_size=captured.get(size_field) if size_field else None,
-        pinned_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        endpoint=hub,
-        instrument_key=instrument.key,
-    )
+    return {**captured, "dim_field": dim_field, "size_field": size_field}
 
 
-def _download_config(
-    model_id: str, sha: str, hub: str, token: str | None, cache_dir: Path | None
-) -> tuple[str | None, dict[str, Any]]:
-    """(file name, parsed JSON) of the first config the repo has at ``sha``, or (None, {})."""
+def _read_config(model_id: str, sha: str, folder: Path) -> tuple[str | None, dict[str, Any]]:
+    """(file name, parsed JSON) of the first config among the fetched files in ``folder``, or (None, {})."""
     for filename in (CONFIG_FILE, OPEN_CLIP_CONFIG_FILE):
-        try:
-            path = hf_hub_download(
-                model_id, filename, revision=sha, endpoint=hub, token=token, cache_dir=cache_dir
-            )
-        except hf_errors.RemoteEntryNotFoundError:
+        path = folder / filename
+        if not path.is_file():
             continue
-        return filename, json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise PinError(
+                f"{model_id}@{sha[:10]}: {filename} is not valid JSON ({one_line(error)}); the repo is broken at"
+                " this revision: pin another one (--revision), or report it to the model's authors."
+            ) from error
+        if not isinstance(config, dict):
+            raise PinError(f"{model_id}@{sha[:10]}: {filename} is not a JSON object; pin another revision.")
+        return filename, config
     return None, {}
 
 

@@ -1,0 +1,181 @@
+"""Tesseract OCR of a plate's engraved caption bands (seed section 10.1). No Dagster here.
+
+Whole-plate OCR of a 2,000-px Audubon scan reads hatching as letters and finds little of the
+engraved text, so the engine runs on label zones found by declared heuristics (all in the
+preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13." and
+"PLATE LXI.") and the caption band (bottom ``caption_fraction``: common name, Latin binomial,
+engraver's line), each greyscaled, scaled by ``scale`` (Lanczos) and read with ``--psm``
+sparse-text segmentation. The tesseract binary is called directly with TSV output.
+
+Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
+(Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
+scale); ``line_id`` ``<zone>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
+from awb_dagster.registry.lock import Pin
+from awb_dagster.registry.roster import Instrument
+from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
+
+ADAPTER_VERSION = "tesseract-zones-1"
+HEADER_ZONE = "header"
+CAPTION_ZONE = "caption"
+_TSV_FIELDS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
+
+
+@dataclass(frozen=True)
+class ZoneSettings:
+    """The label-zone heuristics and engine flags of a run (all in the preprocess tag)."""
+
+    header_fraction: float = 0.12  # top band holding "No. N." and "PLATE N."
+    caption_fraction: float = 0.14  # bottom band holding the common name, binomial and engraver's line
+    header_scale: float = 2.0  # upscaling of the header band before OCR (its capitals are ~15 px high)
+    caption_scale: float = 3.0  # upscaling of the caption band (its small capitals are ~10 px high)
+    psm: int = 11  # sparse text: the bands hold short runs of words far apart
+    oem: int = 1  # LSTM engine only
+    timeout_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("header_fraction", "caption_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 0.5:
+                raise ValueError(f"{name} must be in (0, 0.5], got {value}")
+        for name in ("header_scale", "caption_scale"):
+            if not 1.0 <= getattr(self, name) <= 6.0:
+                raise ValueError(f"{name} must be in [1, 6], got {getattr(self, name)}")
+        if self.psm not in range(14) or self.oem not in range(4):
+            raise ValueError(f"psm must be 0-13 and oem 0-3, got psm={self.psm} oem={self.oem}")
+
+
+@dataclass(frozen=True)
+class OcrWord:
+    text: str
+    confidence: float  # [0, 1]
+    box: tuple[int, int, int, int]  # plate pixel XYWH
+    line_id: str
+    zone: str
+    word_index: int
+
+
+def label_zones(width: int, height: int, settings: ZoneSettings) -> dict[str, tuple[int, int, int, int]]:
+    """Zone name -> plate pixel box (left, top, right, bottom)."""
+    header = max(1, round(height * settings.header_fraction))
+    caption = max(1, round(height * settings.caption_fraction))
+    return {HEADER_ZONE: (0, 0, width, header), CAPTION_ZONE: (0, height - caption, width, height)}
+
+
+def zones_tag(settings: ZoneSettings) -> str:
+    return (
+        f"zones(header=top{settings.header_fraction:g},caption=bottom{settings.caption_fraction:g})"
+        f"|grey|scale(header={settings.header_scale:g},caption={settings.caption_scale:g}):lanczos"
+        f"|psm={settings.psm}|oem={settings.oem}"
+    )
+
+
+def parse_tsv(text: str, zone: str, origin: tuple[int, int], scale: float, first_index: int = 0) -> list[OcrWord]:
+    """Tesseract's TSV (word rows: level 5) -> words with boxes in plate pixels. Rows with
+    confidence -1 (layout rows) or empty text are not words."""
+    words: list[OcrWord] = []
+    reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if header is None or header[:1] != ["level"]:
+        raise InstrumentError(f"tesseract TSV for zone {zone} has no header row: {text[:120]!r}")
+    for row in reader:
+        if len(row) != _TSV_FIELDS or row[0] != "5" or not row[11].strip() or float(row[10]) < 0:
+            continue
+        left, top, width, height = (int(v) for v in row[6:10])
+        x0, y0 = origin
+        box = (x0 + int(left / scale), y0 + int(top / scale), max(1, round(width / scale)), max(1, round(height / scale)))
+        words.append(
+            OcrWord(
+                text=row[11].strip(),
+                confidence=round(min(100.0, float(row[10])) / 100.0, 4),
+                box=box,
+                line_id=f"{zone}:{row[2]}.{row[3]}.{row[4]}",
+                zone=zone,
+                word_index=first_index + len(words),
+            )
+        )
+    return words
+
+
+class TesseractReader:
+    """The installed engine, checked against its pin, reading label zones of plates."""
+
+    device = "cpu"
+    dtype = "none"
+
+    def __init__(self, instrument: Instrument, pin: Pin, settings: ZoneSettings = ZoneSettings()):
+        require_pin_of(instrument, pin, InstrumentError)
+        self.instrument = instrument
+        self.pin = pin
+        self.settings = settings
+        try:
+            self.install: TesseractInstall = find_tesseract(pinned_languages(instrument))
+        except TesseractMissingError as exc:
+            raise InstrumentError(f"{instrument.id} pin {pin.key}: {exc}") from exc
+        if self.install.sha256 != pin.sha:
+            raise InstrumentError(
+                f"{instrument.id}: the installed engine (tesseract {self.install.version}, "
+                f"{self._packs()}) is not pin {pin.key} (tesseract {pin.config.get('version')}); "
+                "pin it (`awb pin tesseract`) to run with it, or reinstall the pinned version"
+            )
+        self.languages = "+".join(sorted(self.install.languages))
+
+    def _packs(self) -> str:
+        return ", ".join(f"{lang}.traineddata sha256 {sha[:12]}" for lang, sha in sorted(self.install.languages.items()))
+
+    @property
+    def preprocess_tag(self) -> str:
+        return f"{ADAPTER_VERSION}|tesseract{self.install.version}|lang={self.languages}|{zones_tag(self.settings)}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **pin_provenance(self.instrument, self.pin),
+            "engine": {**self.install.identity(), "binary": self.install.binary, "tessdata": self.install.tessdata},
+            "zones": asdict(self.settings),
+            "preprocess_tag": self.preprocess_tag,
+        }
+
+    def read(self, image: Image.Image) -> list[OcrWord]:
+        """Every word Tesseract finds in the plate's label zones, in zone order."""
+        grey = ImageOps.grayscale(image)
+        words: list[OcrWord] = []
+        for zone, (left, top, right, bottom) in label_zones(grey.width, grey.height, self.settings).items():
+            band = grey.crop((left, top, right, bottom))
+            scale = self.settings.header_scale if zone == HEADER_ZONE else self.settings.caption_scale
+            band = band.resize((max(1, round(band.width * scale)), max(1, round(band.height * scale))), Image.Resampling.LANCZOS)
+            tsv = self._tesseract(band, zone)
+            words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
+        return words
+
+    def _tesseract(self, band: Image.Image, zone: str) -> str:
+        buffer = io.BytesIO()
+        band.save(buffer, format="PNG")
+        command = [
+            self.install.binary, "stdin", "stdout", "-l", self.languages,
+            "--psm", str(self.settings.psm), "--oem", str(self.settings.oem), "tsv",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, input=buffer.getvalue(), capture_output=True, timeout=self.settings.timeout_seconds, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InstrumentError(
+                f"tesseract took over {self.settings.timeout_seconds:g} s on the {zone} zone; raise timeout_seconds"
+            ) from exc
+        if done.returncode != 0:
+            raise InstrumentError(
+                f"{' '.join(command)} exited {done.returncode} on the {zone} zone: {done.stderr.decode(errors='replace')[:300]}"
+            )
+        return done.stdout.decode("utf-8", errors="replace")

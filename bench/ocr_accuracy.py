@@ -1,0 +1,116 @@
+"""OCR accuracy of the Tesseract label-zone reader and the label parser against bench/ocr_truth.tsv
+(the engraved captions of the Audubon plates in ../shared/plates, read by eye).
+
+    python bench/ocr_accuracy.py                      # default zone settings, all plates
+    python bench/ocr_accuracy.py --split holdout      # only the plates kept out of tuning
+    python bench/ocr_accuracy.py --json results.json  # also write the figures as JSON
+
+Per plate: the parsed plate number (right when equal to the truth), whether the genus or the
+species word of the Latin binomial is found in the parsed Latin name (exact word, case-folded),
+whether either is found among any OCR words, and the parsed common name. Goal on held-out
+plates: genus or species in the parsed name on >= 5 of 6, plate number on >= 4 of 6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from awb_dagster.instruments.plate_label import parse_label
+from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
+from awb_dagster.registry.model import Registry
+from awb_dagster.registry.tesseract_install import capture_tesseract_pin
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PLATES = HERE.parent.parent / "shared" / "plates"
+
+
+def read_truth(path: Path) -> list[dict[str, str]]:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
+def _word_set(text: str) -> set[str]:
+    return {"".join(ch for ch in part if ch.isalpha()).casefold() for part in text.split()}
+
+
+def evaluate(reader: TesseractReader, plates: Path, truth: list[dict[str, str]]) -> list[dict[str, object]]:
+    rows = []
+    for row in truth:
+        started = time.perf_counter()
+        with Image.open(plates / row["file"]) as image:
+            words = reader.read(image.convert("RGB"))
+            label = parse_label(words, image.width)
+        seconds = time.perf_counter() - started
+        binomial = {row["genus"].casefold(), row["species"].casefold()}
+        parsed_latin = label.latin_name.value if label.latin_name else ""
+        all_words = set().union(*(_word_set(w.text) for w in words)) if words else set()
+        number = label.plate_number.value if label.plate_number else None
+        rows.append({
+            "file": row["file"], "split": row["split"], "words": len(words), "seconds": round(seconds, 2),
+            "plate_number_truth": int(row["plate_number"]), "plate_number": number,
+            "plate_number_ok": number == int(row["plate_number"]),
+            "latin_truth": f"{row['genus']} {row['species']}", "latin": parsed_latin,
+            "binomial_word_ok": bool(binomial & _word_set(str(parsed_latin))),
+            "binomial_word_in_ocr": bool(binomial & all_words),
+            "common_truth": row["common_name"], "common": label.common_name.value if label.common_name else "",
+        })  # fmt: skip
+    return rows
+
+
+def summary(rows: list[dict[str, object]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for split in sorted({str(r["split"]) for r in rows}) + ["all"]:
+        chosen = [r for r in rows if split in ("all", r["split"])]
+        out[split] = {
+            "plates": len(chosen),
+            "plate_number_ok": sum(bool(r["plate_number_ok"]) for r in chosen),
+            "binomial_word_ok": sum(bool(r["binomial_word_ok"]) for r in chosen),
+            "binomial_word_in_ocr": sum(bool(r["binomial_word_in_ocr"]) for r in chosen),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plates", type=Path, default=DEFAULT_PLATES)
+    parser.add_argument("--truth", type=Path, default=HERE / "ocr_truth.tsv")
+    parser.add_argument("--split", choices=("all", "tune", "holdout"), default="all")
+    parser.add_argument("--json", type=Path, help="write settings, rows and summary here")
+    defaults = ZoneSettings()
+    parser.add_argument("--header-fraction", type=float, default=defaults.header_fraction)
+    parser.add_argument("--caption-fraction", type=float, default=defaults.caption_fraction)
+    parser.add_argument("--header-scale", type=float, default=defaults.header_scale)
+    parser.add_argument("--caption-scale", type=float, default=defaults.caption_scale)
+    parser.add_argument("--psm", type=int, default=defaults.psm)
+    args = parser.parse_args(argv)
+    instrument = Registry.load().get("tesseract").instrument
+    reader = TesseractReader(instrument, capture_tesseract_pin(instrument), ZoneSettings(
+        header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scale=args.header_scale, caption_scale=args.caption_scale, psm=args.psm
+    ))
+    truth = [r for r in read_truth(args.truth) if args.split in ("all", r["split"])]
+    rows = evaluate(reader, args.plates, truth)
+    for r in rows:
+        print(
+            f"{r['file'][:24]:24} {r['split']:7} number {str(r['plate_number']):>5} / {r['plate_number_truth']:<4}"
+            f" {'ok' if r['plate_number_ok'] else '--'}  latin {r['latin']!s:28} {'ok' if r['binomial_word_ok'] else '--'}"
+            f"  common {r['common']!s:24} {r['seconds']:5.1f}s"
+        )
+    totals = summary(rows)
+    for split, figures in totals.items():
+        print(f"{split:8} plates {figures['plates']}: plate number {figures['plate_number_ok']}, binomial word "
+              f"{figures['binomial_word_ok']} (in any OCR word {figures['binomial_word_in_ocr']})")  # fmt: skip
+    if args.json:
+        payload = {"preprocess_tag": reader.preprocess_tag, "pin": reader.pin.key, "rows": rows, "summary": totals}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,16 @@ from awb_dagster.demo.hub_store import (
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
+def _json_object(data: bytes) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ``{}`` for anything else, as the real hub shows a repo
+    whose config.json is broken (no config fields in its model info, the file still served)."""
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 class HubError(Exception):
     """An HTTP error the hub answers with, carried as ``X-Error-Code``/``X-Error-Message``."""
 
@@ -97,7 +107,7 @@ class HubAnswers(RepoStore):
         files = commit_files(commit)
         config: dict[str, Any] = {}
         if "config.json" in files:
-            full_config = json.loads(self.read_blob(files["config.json"]))
+            full_config = _json_object(self.read_blob(files["config.json"]))
             config = {key: full_config[key] for key in ("architectures", "model_type") if key in full_config}
         license = commit["license"]
         tags = [

@@ -83,7 +83,7 @@ def fetch_pin_files(
             accept(final)
             return {name: digest for name, (digest, _) in checked.items()}
         # A cached file differs from what the hub lists: fetch them all again, below.
-    created = [p for p in (cache_root, cache_root / STAGING_DIR) if not p.exists()]
+    created = [p for p in (cache_root / STAGING_DIR, *(cache_root / STAGING_DIR).parents) if not p.exists()]
     stage = cache_root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     stage.mkdir(parents=True)
     try:
@@ -113,7 +113,7 @@ def fetch_pin_files(
         return hashes
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        for folder in reversed(created):  # only folders this call created, and only when empty
+        for folder in created:  # only folders this call created (the home itself too), innermost first, if empty
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 

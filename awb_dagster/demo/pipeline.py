@@ -48,7 +48,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         registry = Registry.load(lock_path=paths.lock)
         lock = PinLock.load(paths.lock)
         for repo_id in DEMO_REPOS:
-            pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint)
+            pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
             _say(f"pinned {repo_id} -> {pin.key}")
         lock.save(paths.lock)

@@ -30,6 +30,7 @@ SQLITE_INSTANCE_YAML = REPO_ROOT / "dagster.sqlite.yaml"
 POSTGRES_INSTANCE_YAML = REPO_ROOT / "dagster.postgres.yaml"
 INSTANCE_YAML_ENV = "AWB_INSTANCE_YAML"
 GPU_POOL_LIMIT = 1
+GPU_SLOTS_ENV = "AWB_GPU_SLOTS"  # family steps at once: the number of cards (a run leases one)
 STORAGE_MODULE = "awb_dagster.instance_storage"
 STORAGE_KEYS = ("run_storage", "event_log_storage", "schedule_storage")
 
@@ -86,12 +87,22 @@ def dagster_env(paths: HomePaths, base: Mapping[str, str] | None = None) -> dict
     }
 
 
+def gpu_pool_limit() -> int:
+    """``$AWB_GPU_SLOTS`` (a whole number >= 1), else one ``gpu`` step at a time."""
+    value = os.environ.get(GPU_SLOTS_ENV, "").strip()
+    if not value:
+        return GPU_POOL_LIMIT
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{GPU_SLOTS_ENV}={value!r}: expected the number of GPUs family steps may use at once (>= 1)")
+    return int(value)
+
+
 def open_instance(paths: HomePaths, source: Path | None = None) -> dg.DagsterInstance:
-    """The home's instance, its ``gpu`` pool limited to one step. With the embedded PostgreSQL
-    default the server runs while the instance is open: ``instance.dispose()`` (or
+    """The home's instance, its ``gpu`` pool limited to one step (``$AWB_GPU_SLOTS`` steps). With
+    the embedded PostgreSQL default the server runs while the instance is open: ``instance.dispose()`` (or
     ``home_instance``) lets go of it; otherwise it stops when the last holding process exits."""
     instance = dg.DagsterInstance.from_config(str(prepare_dagster_home(paths, source)))
-    instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_pool_limit())
     return instance
 
 

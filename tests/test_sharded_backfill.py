@@ -15,7 +15,7 @@ import pytest
 from awb_dagster.assets.factory import build_family_asset, family_backfill_policy
 from awb_dagster.constants import GPU_POOL
 from awb_dagster.definitions import build_definitions
-from awb_dagster.instance import dagster_env, open_instance
+from awb_dagster.instance import GPU_SLOTS_ENV, dagster_env, gpu_pool_limit, open_instance
 from awb_dagster.paths import REPO_ROOT, HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.producers import producers_for
@@ -68,6 +68,19 @@ def test_family_assets_take_the_deployment_backfill_policy(monkeypatch):
     assert policy == family_backfill_policy(64) and policy.max_partitions_per_run == 64
 
 
+@pytest.mark.parametrize(("value", "expected"), [("", 1), ("1", 1), ("4", 4)])
+def test_gpu_pool_slots_setting(monkeypatch, value, expected):
+    monkeypatch.setenv(GPU_SLOTS_ENV, value)
+    assert gpu_pool_limit() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_gpu_pool_slots_refuses_bad_values(monkeypatch, value):
+    monkeypatch.setenv(GPU_SLOTS_ENV, value)
+    with pytest.raises(ValueError, match=GPU_SLOTS_ENV):
+        gpu_pool_limit()
+
+
 @pytest.mark.parametrize(
     ("setting", "cards", "expected"),
     [
@@ -98,7 +111,7 @@ def test_concurrent_claims_get_different_cards_and_release_on_exit(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not (WEBSERVER.exists() and DAEMON.exists()), reason="dagster-webserver is not installed")
-def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys):  # noqa: F811
+def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys, monkeypatch):  # noqa: F811
     started = time.monotonic()
     hub, endpoint = private_hub
     home_dir, plates_dir = tmp_path / "home", tmp_path / "plates"
@@ -112,9 +125,10 @@ def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys):  # n
     plate_ids = sorted(AwbHome(home=str(home_dir)).catalog().plates)
     per_run = (len(plate_ids) + 1) // 2  # two shards
     defs = build_definitions(home=str(home_dir), endpoint=endpoint)
+    monkeypatch.setenv(GPU_SLOTS_ENV, "2")  # two cards' worth of gpu slots
     instance = open_instance(HomePaths(home_dir))
+    assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 2
     assert defs.resolve_job_def("observe_plate_files").execute_in_process(instance=instance).success
-    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 2)  # two cards' worth of gpu slots
 
     env = {
         **dagster_env(HomePaths(home_dir)),

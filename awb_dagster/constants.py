@@ -6,6 +6,9 @@ SEGMENTATION_FAMILIES = ("sam",)
 SAM_FAMILIES = ("sam", "sam-hq")
 # Semantic segmentation (class maps with label names): kept apart from the class-agnostic masks.
 SEMANTIC_FAMILIES = ("mask2former",)
+# Text from plates (OCR): the Tesseract engine installed here, pinned by version + traineddata sha256.
+OCR_FAMILIES = ("tesseract",)
+GROUP_TEXT = "text"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

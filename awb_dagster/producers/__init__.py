@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from awb_dagster.constants import OCR_FAMILIES
 from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
+from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.sam import SamProducer
 from awb_dagster.producers.segments import SegmentProducer
 from awb_dagster.producers.semantic import SemanticProducer
@@ -16,12 +18,14 @@ _SAM = SamProducer()
 _SEMANTIC = SemanticProducer()
 _SEGMENTS = SegmentProducer()
 _TILES = TileProducer()
+_OCR = OcrProducer()
 
 # Roster family -> the producer that runs its pins (SAM-HQ pins run on the SAM producer).
 FAMILY_PRODUCERS: dict[str, Producer] = {
     **{producer.family: producer for producer in EMBEDDING_PRODUCERS},
     **{family: _SAM for family in SAM_FAMILIES},
     **{family: _SEMANTIC for family in SEMANTIC_FAMILIES},
+    **{family: _OCR for family in OCR_FAMILIES},
 }
 
 

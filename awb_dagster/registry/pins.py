@@ -34,6 +34,7 @@ from awb_dagster.registry.hub_client import (
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.pin_files import fetch_pin_files, pinned_siblings
 from awb_dagster.registry.roster import Instrument
+from awb_dagster.registry.tesseract_install import TESSERACT_SOURCE, capture_tesseract_pin
 from awb_dagster.registry.weight_files import URL_SOURCE, capture_url_pin
 
 HUB_SOURCES = frozenset({"hf", "demo"})
@@ -70,6 +71,10 @@ def capture_pin(
                 "omit --revision, or declare the other file's url and file_sha256 in roster.toml"
             )
         return capture_url_pin(instrument, weights_dir=weights_dir)
+    if instrument.source == TESSERACT_SOURCE:
+        if revision is not None:
+            raise PinError(f"{instrument.id}: the installed engine has no revisions; omit --revision")
+        return capture_tesseract_pin(instrument)  # the engine and language packs installed here
     if instrument.source not in HUB_SOURCES:
         raise NotPinnableError(
             f"{instrument.id} ({instrument.key}) comes from {instrument.source}, not the Hugging Face hub: its"

@@ -11,6 +11,7 @@ from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
+from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry import Instrument, LicenseOptInError
 from awb_dagster.registry.weight_files import weight_files_dir
@@ -137,6 +138,15 @@ class InstrumentsResource(dg.ConfigurableResource):
                 local_files_only=self.hub.offline,
             )
         return self._segmenters[key]
+
+    def tesseract_reader(self, pin_key: str, settings: ZoneSettings) -> TesseractReader:
+        """The installed Tesseract engine, checked against ``pin_key`` (version and traineddata
+        sha256), after the gates (its declared license `varies` needs the opt-in)."""
+        try:
+            instrument, pin = self._admitted(pin_key, "tesseract")
+        except LicenseOptInError as exc:
+            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN=tesseract.") from exc
+        return TesseractReader(instrument, pin, settings)
 
     def _admitted(self, pin_key: str, *families: str) -> tuple[Instrument, Pin]:
         registry = self.home.registry()

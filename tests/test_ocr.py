@@ -1,0 +1,180 @@
+"""Text from plates: the label parser (pure), the Tesseract pin, real OCR on the shared Audubon
+plates (skipped without them or without tesseract), and the ocr_text asset end to end."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from demo_homes import make_demo_home
+from PIL import Image
+
+from awb_dagster.assets.factory import job_name
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.plate_label import int_to_roman, parse_label, parse_numeral, roman_to_int
+from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord, TesseractReader, ZoneSettings, parse_tsv
+from awb_dagster.producers.ocr import OCR_ASSET
+from awb_dagster.provenance.text_records import TEXT_CHECK_DESCRIPTIONS, check_text_pairs, label_of, text_schema
+from awb_dagster.registry.model import Registry
+from awb_dagster.registry.prompts import PromptRegistry
+from awb_dagster.registry.tesseract_install import TesseractInstall, capture_tesseract_pin
+from awb_dagster.runner import materialize_pin_ranges
+
+SHARED_PLATES = Path(__file__).resolve().parents[2] / "shared" / "plates"
+HAVE_TESSERACT = shutil.which("tesseract") is not None
+needs_tesseract = pytest.mark.skipif(not HAVE_TESSERACT, reason="tesseract is not installed (apt-get install tesseract-ocr)")
+needs_plates = pytest.mark.skipif(not SHARED_PLATES.is_dir(), reason=f"no shared plates at {SHARED_PLATES}")
+PARROT = "audubon_p026_carolina-parrot.jpg"
+OWL = "audubon_p061_great-horned-owl.jpg"
+
+
+def word(text: str, x: int, y: int, zone: str = HEADER_ZONE, conf: float = 0.9, index: int = 0, h: int = 20) -> OcrWord:
+    return OcrWord(text, conf, (x, y, 10 * len(text), h), f"{zone}:1.1.{index}", zone, index)
+
+
+@pytest.mark.parametrize(
+    ("numeral", "value"),
+    [("I", 1), ("XI", 11), ("LXI", 61), ("LXXXI", 81), ("CLXXIV", 174), ("CCLXXV", 275), ("CCCCXXI", 421),
+     ("CDXXI", 421), ("IIII", None), ("VX", None), ("IC", None), ("", None), ("PLATE", None)],
+)  # fmt: skip
+def test_roman_numerals(numeral, value):
+    assert roman_to_int(numeral) == value
+
+
+@pytest.mark.parametrize("value", [1, 4, 9, 14, 40, 61, 99, 174, 275, 400, 421, 435])
+def test_roman_round_trip(value):
+    assert roman_to_int(int_to_roman(value)) == value == roman_to_int(int_to_roman(value, additive=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("26.", (26, False)), ("LXI,", (61, False)), ("CCCCXX1", (421, True)), ("XlI", (12, True)), ("L.X.", None), ("QQ", None)],
+)  # fmt: skip
+def test_noisy_numerals(text, parsed):
+    assert parse_numeral(text) == parsed
+
+
+def test_plate_number_from_a_split_header_and_its_words():
+    words = [word("N°", 100, 50, index=0), word("13.", 130, 50, index=1), word("PLAT", 1500, 52, index=2),
+             word("E,", 1550, 52, index=3), word("LXI.", 1600, 53, index=4)]  # fmt: skip
+    label = parse_label(words, 2000)
+    assert label.plate_number.value == 61
+    assert label.plate_number.word_indices == (2, 3, 4)
+    assert label.plate_number.confidence == pytest.approx(0.9)
+
+
+def test_repaired_numeral_has_lower_confidence():
+    label = parse_label([word("PLATE", 1500, 50, index=0), word("CCCCXX1", 1600, 50, index=1)], 2000)
+    assert label.plate_number.value == 421 and label.plate_number.confidence == pytest.approx(0.45)
+
+
+def test_latin_binomial_and_common_name_from_a_noisy_caption():
+    c = CAPTION_ZONE
+    words = [
+        word("Drawn", 100, 2300, c, index=0), word("F.R.S.E.", 200, 2300, c, index=1),  # the artist's line: left edge
+        word("Carolina", 800, 2250, c, 0.4, 2, h=40), word("Zarrot.", 900, 2250, c, 0.3, 3, h=40),
+        word("PSITACUS", 850, 2310, c, 0.92, 4), word("CAROLINENSIS,", 960, 2310, c, 0.88, 5),
+        word("Plant", 850, 2360, c, 0.7, 6), word("Vilgo.", 920, 2360, c, 0.6, 7),
+    ]  # fmt: skip
+    label = parse_label(words, 2000)
+    assert label.latin_name.value == "Psitacus carolinensis"
+    assert label.latin_name.word_indices == (4, 5) and label.latin_name.confidence == pytest.approx(0.9)
+    assert label.common_name.value == "Carolina Zarrot" and label.common_name.word_indices == (2, 3)
+    assert label.plate_number is None
+
+
+def test_tsv_boxes_map_back_to_plate_pixels():
+    tsv = (
+        "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
+        "1\t1\t0\t0\t0\t0\t0\t0\t4000\t600\t-1\t\n"
+        "5\t1\t2\t1\t1\t1\t300\t90\t120\t40\t91.5\tPLATE\n"
+        "5\t1\t2\t1\t1\t2\t450\t90\t30\t40\t-1\t \n"
+    )
+    (only,) = parse_tsv(tsv, CAPTION_ZONE, (0, 2000), 2.0, first_index=7)
+    assert only == OcrWord("PLATE", 0.915, (150, 2045, 60, 20), "caption:2.1.1", CAPTION_ZONE, 7)
+
+
+def test_zone_settings_are_validated():
+    with pytest.raises(ValueError, match="caption_fraction"):
+        ZoneSettings(caption_fraction=0.9)
+    with pytest.raises(ValueError, match="header_scale"):
+        ZoneSettings(header_scale=10)
+
+
+def test_another_engine_version_is_another_pin():
+    install = TesseractInstall("/usr/bin/tesseract", "5.3.0", "/t", {"eng": "a" * 64})
+    assert replace(install, version="5.3.1").sha256 != install.sha256
+    assert replace(install, languages={"eng": "b" * 64}).sha256 != install.sha256
+    assert replace(install, binary="/opt/tesseract").sha256 == install.sha256  # a move is the same engine
+
+
+# --- the installed engine on real plates ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reader() -> TesseractReader:
+    if not HAVE_TESSERACT:
+        pytest.skip("tesseract is not installed (apt-get install tesseract-ocr)")
+    instrument = Registry.load().get("tesseract").instrument
+    return TesseractReader(instrument, capture_tesseract_pin(instrument))
+
+
+@needs_tesseract
+def test_pin_records_version_and_traineddata(reader):
+    pin = reader.pin
+    assert pin.config["version"] == reader.install.version and len(pin.config["traineddata.eng"]) == 64
+    assert pin.key.startswith("tesseract@") and f"tesseract{reader.install.version}" in reader.preprocess_tag
+    with pytest.raises(InstrumentError, match="is not pin"):
+        TesseractReader(reader.instrument, replace(pin, sha="0" * 64))
+
+
+@needs_tesseract
+@needs_plates
+@pytest.mark.parametrize(
+    ("file", "words", "number", "latin"),
+    [(PARROT, {"PSITACUS", "CAROLINENSIS"}, 26, "Psitacus carolinensis"), (OWL, {"STRIX", "PLATE"}, 61, "Strix")],
+)  # fmt: skip
+def test_real_ocr_reads_the_engraved_caption(reader, file, words, number, latin):
+    with Image.open(SHARED_PLATES / file) as image:
+        found = reader.read(image.convert("RGB"))
+        label = parse_label(found, image.width)
+        size = image.size
+    assert words <= {"".join(ch for ch in w.text if ch.isalpha()) for w in found}
+    assert label.plate_number.value == number
+    assert label.latin_name.value.startswith(latin)
+    for w in found:
+        x, y, bw, bh = w.box
+        assert 0 <= x and 0 <= y and x + bw <= size[0] and y + bh <= size[1] and 0 <= w.confidence <= 1
+
+
+# --- the asset end to end -------------------------------------------------------------------------
+
+
+@needs_tesseract
+@needs_plates
+def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
+    home = make_demo_home(loopback_hub, tmp_path_factory, "ocr", ["tesseract"],
+                          plate_files=[SHARED_PLATES / PARROT], license_opt_in=["tesseract"])  # fmt: skip
+    runs = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, {}, home.pin_key, None)
+    assert len(runs) == 1 and runs[0].success
+    (pair,) = home.store.sealed_pairs(home.pin_key).values()
+    table = pq.read_table(pair.artifact_path)
+    assert table.schema == text_schema()
+    (row,) = table.to_pylist()
+    assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
+    assert label_of(row)["latin_name"]["value"] == "Psitacus carolinensis"
+    plate = home.catalog.plates[pair.plate_id]
+    outcomes = check_text_pairs([pair], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())
+    assert set(outcomes) == set(TEXT_CHECK_DESCRIPTIONS) and all(o.passed and o.checked for o in outcomes.values())
+    (record,) = home.instance.fetch_materializations(dg.AssetKey(OCR_ASSET), limit=5).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["latin_name"].value == "Psitacus carolinensis" and metadata["plate_number"].value == "26"
+    # text never overwrites identity: the catalog's plate is unchanged
+    assert home.resource.catalog().plates[pair.plate_id] == plate
+    # a word box moved off the plate fails the blocking check
+    bad = check_text_pairs([pair], {plate.sha256: (10, 10)}, PromptRegistry.load())
+    assert not bad["text_boxes_inside_plate"].passed

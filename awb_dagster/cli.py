@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*")
     p.add_argument("--all", action="store_true", help="every Hugging Face model of the registry")
     p.add_argument("--revision", help="pin this revision (sha, tag or branch) instead of the head")
+    p.add_argument(
+        "--file", help="torchvision weights: the downloaded weight file (checked against the hash prefix in its "
+        "published name, then copied into the home); no download happens"
+    )
     p.add_argument("--endpoint", help="hub endpoint (default $HF_ENDPOINT or huggingface.co)")
     p.add_argument(
         "--status", action="store_true", help="report whether the hub moved past each active pin; changes nothing"

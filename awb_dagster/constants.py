@@ -9,6 +9,8 @@ SEMANTIC_FAMILIES = ("mask2former",)
 # Text from plates (OCR): the Tesseract engine installed here, pinned by version + traineddata sha256.
 OCR_FAMILIES = ("tesseract",)
 GROUP_TEXT = "text"
+# ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
+TEXTURE_FAMILIES = ("convnet",)
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

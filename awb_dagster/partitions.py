@@ -17,6 +17,7 @@ from awb_dagster.constants import (
     SEGMENTATION_FAMILIES,
     SEMANTIC_FAMILIES,
     OCR_FAMILIES,
+    TEXTURE_FAMILIES,
 )
 
 plates_partitions = dg.DynamicPartitionsDefinition(name=PLATES_PARTITIONS_NAME)
@@ -47,15 +48,13 @@ class PlatePinPartitions(dg.MultiPartitionsDefinition):
             return cached[1]
 
 
-
-
 def pins_partitions_name(family: str) -> str:
     return f"{family}_pins"
 
 
 pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
     family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
-    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES)
+    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES)
 }
 
 # The registry families whose pins each pins partition lists: its own family, except that the

@@ -196,11 +196,11 @@ def test_roster_holds_tesseract_convnets_and_demo(registry: Registry) -> None:
     }
     assert by_source == {
         "tesseract": {"tesseract"},
-        "torchvision": set(EXPECTED_TORCHVISION),
+        "torchvision": set(EXPECTED_TORCHVISION) | {"awb-demo/tiny-convnext"},  # + the demo's tiny file
         "demo": set(EXPECTED_DEMO),
         "url": EXPECTED_URL,
     }
-    assert len(registry.entries) == 41 + 1 + 6 + len(EXPECTED_DEMO) + len(EXPECTED_URL)
+    assert len(registry.entries) == 41 + 1 + 6 + 1 + len(EXPECTED_DEMO) + len(EXPECTED_URL)
 
 
 @pytest.mark.skipif(not SEED.exists(), reason=f"seed not found at {SEED}")
@@ -238,7 +238,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former"))
+    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet"))
     if inst.output_kind == "vector":
         assert inst.expected_dim
 

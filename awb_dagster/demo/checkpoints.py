@@ -260,3 +260,28 @@ def build_tiny_original_sam(seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     torch.save(sam.state_dict(), buffer)
     return buffer.getvalue()
+
+
+def write_tiny_convnext(directory: Path, seed: int = 0) -> Path:
+    """The demo's tiny torchvision ConvNeXt (:func:`awb_dagster.instruments.convnet.tiny_convnext`,
+    seeded random weights) as torchvision publishes weights: ``torch.save`` of the state dict, named
+    ``tiny_convnext-<first 8 hex digits of its sha256>.pth`` (torch.hub's rule), in ``directory``."""
+    import hashlib
+    import io
+
+    import torch
+
+    from awb_dagster.instruments.convnet import tiny_convnext
+    from awb_dagster.registry.torchvision_weights import DEMO_WEIGHT_STEMS
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tiny_convnext()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    data = buffer.getvalue()
+    stem = DEMO_WEIGHT_STEMS["awb_demo.TINY_CONVNEXT"]
+    path = Path(directory) / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from awb_dagster.constants import EMBEDDING_FAMILIES
+from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
 
 SAMPLE_PLATES = Path(__file__).resolve().parent.parent / "sample_plates"
+DEMO_CONVNET = "awb-demo/tiny-convnext"  # a torchvision architecture, pinned from a local weight file
 
 
 def _say(message: str) -> None:
@@ -20,13 +21,14 @@ def _say(message: str) -> None:
 def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.assets.plates import scan_plates, sync_partitions
     from awb_dagster.definitions import build_definitions
-    from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos
+    from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos, write_tiny_convnext
     from awb_dagster.demo.hub import LoopbackHub
     from awb_dagster.instance import open_instance
     from awb_dagster.provenance.lineage import lineage
     from awb_dagster.registry.lock import PinLock
     from awb_dagster.registry.model import Registry
     from awb_dagster.registry.pins import capture_pin
+    from awb_dagster.registry.torchvision_weights import capture_torchvision_pin
     from awb_dagster.resources import AwbHome
     from awb_dagster.resources.settings import env_list
     from awb_dagster.runner import materialize_family
@@ -51,6 +53,11 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
             _say(f"pinned {repo_id} -> {pin.key}")
+        # The tiny ConvNet is a local torchvision weight file, pinned as real torchvision weights are.
+        convnet_file = write_tiny_convnext(paths.root / "demo-weights")
+        pin = capture_torchvision_pin(registry.get(DEMO_CONVNET).instrument, convnet_file, weights_dir=paths.weights)
+        lock.add(pin)
+        _say(f"pinned {DEMO_CONVNET} -> {pin.key} (local file {convnet_file.name}, copied into {paths.weights})")
         lock.save(paths.lock)
 
         home_resource = AwbHome(home=str(paths.root))
@@ -69,9 +76,9 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         registry = Registry.load(lock_path=paths.lock)
         summary = []
         plate_ids = list(catalog.plates)
-        for family in EMBEDDING_FAMILIES:
+        for family in (*EMBEDDING_FAMILIES, *TEXTURE_FAMILIES):
             for entry in registry.family(family):
-                if not entry.instrument.demo or entry.active_pin is None:
+                if entry.instrument.section != "demo" or entry.active_pin is None:
                     continue
                 pin_key = entry.active_pin.key
                 started = time.perf_counter()

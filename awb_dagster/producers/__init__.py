@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from awb_dagster.constants import OCR_FAMILIES
 from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.engine.producer import Producer
+from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.sam import SamProducer
@@ -19,6 +20,7 @@ _SEMANTIC = SemanticProducer()
 _SEGMENTS = SegmentProducer()
 _TILES = TileProducer()
 _OCR = OcrProducer()
+_CONVNET = ConvNetProducer()
 
 # Roster family -> the producer that runs its pins (SAM-HQ pins run on the SAM producer).
 FAMILY_PRODUCERS: dict[str, Producer] = {
@@ -26,6 +28,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{family: _SAM for family in SAM_FAMILIES},
     **{family: _SEMANTIC for family in SEMANTIC_FAMILIES},
     **{family: _OCR for family in OCR_FAMILIES},
+    _CONVNET.family: _CONVNET,
 }
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
@@ -59,11 +60,13 @@ class InstrumentsResource(dg.ConfigurableResource):
     _loaded: dict[str, ImageEmbedder] = PrivateAttr(default_factory=dict)
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
+    _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
         self._generators = {}
         self._segmenters = {}
+        self._convnets = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -139,6 +142,22 @@ class InstrumentsResource(dg.ConfigurableResource):
             )
         return self._segmenters[key]
 
+    def convnet(self, pin_key: str) -> ConvNetFeatures:
+        """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
+        license per weight: ``unknown`` needs the opt-in, as for a flagged hub model)."""
+        if pin_key not in self._convnets:
+            try:
+                instrument, pin = self._admitted(pin_key, "convnet")
+            except LicenseOptInError as exc:
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
+                ) from exc
+            self._convnets[pin_key] = ConvNetFeatures(
+                instrument, pin, weights_dir=weight_files_dir(self.home.paths.root), device=self.torch.device
+            )
+        return self._convnets[pin_key]
+
     def tesseract_reader(self, pin_key: str, settings: ZoneSettings) -> TesseractReader:
         """The installed Tesseract engine, checked against ``pin_key`` (version and traineddata
         sha256), after the gates (its declared license `varies` needs the opt-in)."""
@@ -164,4 +183,4 @@ class InstrumentsResource(dg.ConfigurableResource):
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        return len(self._loaded) + len(self._generators) + len(self._segmenters)
+        return len(self._loaded) + len(self._generators) + len(self._segmenters) + len(self._convnets)

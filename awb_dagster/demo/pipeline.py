@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
+from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
 
@@ -58,6 +59,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         pin = capture_torchvision_pin(registry.get(DEMO_CONVNET).instrument, convnet_file, weights_dir=paths.weights)
         lock.add(pin)
         _say(f"pinned {DEMO_CONVNET} -> {pin.key} (local file {convnet_file.name}, copied into {paths.weights})")
+        ocr_pin = pin_installed_tesseract(registry, lock, _say)  # the real engine, not a checkpoint
         lock.save(paths.lock)
 
         home_resource = AwbHome(home=str(paths.root))
@@ -70,7 +72,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         sync_partitions(instance, home_resource)
         # The tiny Mask2Former carries the real model's `other` license: the demo opts in for it,
         # exactly as a user opts in for a flagged model (AWB_LICENSE_OPT_IN).
-        opt_in = [*env_list("AWB_LICENSE_OPT_IN"), DEMO_SEMANTIC_OPT_IN]
+        opt_in = [*env_list("AWB_LICENSE_OPT_IN"), DEMO_SEMANTIC_OPT_IN, *([TESSERACT] if ocr_pin else [])]
         _say(f"license opt-in: {', '.join(opt_in)} (license `other`; see `awb registry show {DEMO_SEMANTIC_OPT_IN}`)")
         defs = build_definitions(home=str(paths.root), endpoint=endpoint, offline=False, license_opt_in=opt_in)
         registry = Registry.load(lock_path=paths.lock)
@@ -109,6 +111,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         if segment_record is None:
             return 1
         if not _semantic_summary(defs, instance, registry):
+            return 1
+        if ocr_pin and not ocr_summary(defs, instance, ocr_pin, plate_ids, _say):
             return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))

@@ -53,6 +53,7 @@ LAYER_OF = {
     f"{PACKAGE}.definitions": "definitions",
     f"{PACKAGE}.runner": "top",
     f"{PACKAGE}.cli": "top",
+    f"{PACKAGE}.ui_process": "top",  # `awb ui`'s dagster dev process group
     f"{PACKAGE}.commands": "top",
     f"{PACKAGE}.demo": "top",
 }

@@ -24,7 +24,7 @@ from pydantic import create_model
 from awb_dagster.constants import GPU_POOL, PLATE_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.engine import Json, Markdown, Table, run_step
 from awb_dagster.engine.core import StreamSettings
-from awb_dagster.engine.metadata import partition_metadata
+from awb_dagster.engine.metadata import force_requested, partition_metadata
 from awb_dagster.engine.producer import Producer, StepInputs
 from awb_dagster.instance_storage import AwbInstance
 from awb_dagster.partitions import partitions_for, split_keys
@@ -171,13 +171,13 @@ def build_family_asset(producer: Producer, backfill_policy: dg.BackfillPolicy | 
                 split_keys(partitions_def, context.partition_keys),
                 inputs,
                 dagster_run_id=context.run_id,
-                force=config.force,
+                force=config.force or force_requested(context.run.tags),
                 stream=StreamSettings(torch_settings.decode_workers, torch_settings.prefetch_batches),
                 log=context.log.info,
             )
         with _partition_keys_held(context.instance):
             for report in result.reports:
-                metadata = partition_metadata(result.sessions[report.pin_key], report, home.home)
+                metadata = partition_metadata(result.sessions[report.pin_key], report, home.home, context.run_id)
                 context.add_asset_metadata(dagster_metadata(metadata), partition_key=report.partition_key)
         if result.problems:
             raise dg.Failure(

@@ -55,6 +55,7 @@ _TRACKED_LIBRARIES = (
 
 
 _LOG = logging.getLogger(__name__)
+_WARNED: set[Path] = set()  # damaged manifests already named in this process
 # What open_run makes: <stamp>-<kind>-<hex>. Anything else (a path, "..") is refused.
 _RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
 
@@ -309,7 +310,9 @@ class RunStore:
             try:
                 yield read_manifest(run_dir)
             except ManifestError as exc:
-                _LOG.warning("%s", exc)
+                if exc.path not in _WARNED:  # once per process: every step reads the store per pin
+                    _WARNED.add(exc.path)
+                    _LOG.warning("%s", exc)
 
     def damaged_manifests(self) -> list[ManifestError]:
         """Every sealed run whose manifest cannot be read, with what is wrong with it."""

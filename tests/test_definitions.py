@@ -16,7 +16,7 @@ def test_asset_keys():
     assert keys == {
         "plate_catalog", "plate_files", "pin_status", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings",
         "atlas", "ensemble_disagreement", "topology_report", "sam_masks", "pin_drift_report",
-        "segment_embeddings", "tile_embeddings", "semantic_segmentation",
+        "segment_embeddings", "tile_embeddings", "semantic_segmentation", "convnet_embeddings",
     }  # fmt: skip
 
 

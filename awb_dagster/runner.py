@@ -1,18 +1,133 @@
 """Materialize family assets through Dagster from the command line, as few runs as the
-partition order allows (one run per contiguous range of plates for one pin)."""
+partition order allows (one run per contiguous range of plates for one pin).
+
+These runs execute in the calling process, so the daemon's run monitoring cannot see their
+worker die. Each run is tagged with its process (``awb/host``, ``awb/pid``, ``awb/pid_started``)
+and, before running, :func:`fail_runs_of_dead_processes` marks the runs of processes that are gone
+failed and frees their ``gpu`` pool slots: a ``kill -9`` never wedges the home.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import platform
+import signal
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
 from awb_dagster.assets.factory import job_name
-
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
 
+HOST_TAG = "awb/host"
+PID_TAG = "awb/pid"
+PID_STARTED_TAG = "awb/pid_started"  # the process's start time (clock ticks since boot): pids are reused
+_ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
+
+def _process_started(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time), or None where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that executes a run in-process."""
+    pid = os.getpid()
+    return {HOST_TAG: platform.node(), PID_TAG: str(pid), PID_STARTED_TAG: _process_started(pid) or ""}
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    now = _process_started(pid)
+    return not (started and now is not None and now != started)  # same pid, another process
+
+
+def fail_runs_of_dead_processes(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the unfinished runs that a process of this host executed in-process and that
+    process is gone (killed, crashed), and free their pool slots. Returns their run ids."""
+    host = platform.node()
+    failed = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES, tags={HOST_TAG: host})):
+        pid_text = run.tags.get(PID_TAG, "")
+        if not pid_text.isdigit() or _process_alive(int(pid_text), run.tags.get(PID_STARTED_TAG, "")):
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"the process {pid_text} on {host} that executed this run is gone (killed or crashed); awb "
+            "marked the run failed and freed its pool slots. Its sealed chunks stay; a re-run completes the rest.",
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+class SignalStop:
+    """SIGINT or SIGTERM received while :func:`stop_on_signals` is active. Dagster installs its
+    own handlers while a run executes (and turns the signal into a failed run), so signals are
+    also read from the wakeup fd, which the interpreter writes whichever Python handler runs."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._wakeup: socket.socket | None = None
+
+    def raise_if_requested(self) -> None:
+        if self._wakeup is not None:
+            try:
+                received = self._wakeup.recv(512)
+            except BlockingIOError:
+                received = b""
+            for signum in received:
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    self.signal_name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(self.signal_name)
+
+
+signal_stop = SignalStop()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[SignalStop]:
+    """SIGINT and SIGTERM interrupt the run in progress (Dagster marks it failed and frees its
+    slot; the chunks already sealed stay) and stop before the next one. Main thread only."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal_stop.signal_name = signal.Signals(signum).name
+        raise KeyboardInterrupt(signal_stop.signal_name)
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    signal_stop.signal_name, signal_stop._wakeup = None, reader
+    previous_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield signal_stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        signal_stop._wakeup = None
+        reader.close()
+        writer.close()
 
 
 @dataclass(frozen=True)
@@ -128,13 +243,16 @@ def materialize_pin_ranges(
     if unknown:
         raise ValueError(f"not registered plates: {', '.join(unknown)} (register with `awb plates add DIR`)")
     job = defs.resolve_job_def(job_name)
+    fail_runs_of_dead_processes(instance)
     results = []
     for plates in contiguous_ranges(ordered, plate_ids or ordered):
+        signal_stop.raise_if_requested()
         result = job.execute_in_process(
             instance=instance,
             tags={
                 "dagster/asset_partition_range_start": _multi_key(pin_key, plates[0]),
                 "dagster/asset_partition_range_end": _multi_key(pin_key, plates[-1]),
+                **process_tags(),
             },
             run_config={
                 "ops": {op_name: {"config": op_config}},
@@ -142,6 +260,7 @@ def materialize_pin_ranges(
             },
             raise_on_error=False,
         )
+        signal_stop.raise_if_requested()  # Dagster marked the run failed; stop before the next range
         run = RangeRun(pin_key, tuple(plates), result.run_id, result.success)
         results.append(run)
         if on_run:
@@ -162,8 +281,10 @@ def materialize_atlas(
 ) -> dg.ExecuteInProcessResult:
     """Materialize ``atlas``, ``ensemble_disagreement`` and ``topology_report`` (or the named
     ones of them) in one run; ``config`` maps an asset name to its config (``{"atlas": {"k": 3}}``)."""
+    fail_runs_of_dead_processes(instance)
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
+        tags=process_tags(),
         asset_selection=[dg.AssetKey(name) for name in assets],
         run_config={
             "ops": {name: {"config": settings} for name, settings in (config or {}).items()},

@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 MAX_LINES = 400
 
 # Importable by every layer; they import nothing of the project but each other.
-BASE = frozenset(f"{PACKAGE}.{name}" for name in ("constants", "paths", "atomic", "hashing")) | {PACKAGE}
+BASE = frozenset(f"{PACKAGE}.{name}" for name in ("constants", "paths", "atomic", "hashing", "locking")) | {PACKAGE}
 
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS = (

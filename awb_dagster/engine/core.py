@@ -6,6 +6,13 @@ plates through the session (per-plate work in decode threads, overlapped with th
 seal, and report every partition that has a sealed pair with its provenance. A plate that
 fails is named in ``problems`` and in the run's manifest; the other plates stay sealed, so a
 retry processes only what is missing.
+
+Crash safety and concurrency: the plates of a pin are sealed in chunks (one sealed run per
+``StreamSettings.chunk_plates`` plates), so a killed process loses at most the chunk it was
+writing and a re-run processes only the plates no chunk sealed. One pin (store key) is worked on
+by one run at a time on a home, whatever launched it: the engine holds
+``<store>/locks/<store key>.lock`` from planning to the last seal, and plans only once it holds it,
+so a second run waits and then reuses what the first sealed.
 """
 
 from __future__ import annotations
@@ -13,14 +20,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from awb_dagster.engine.producer import PinSession, PlateFailure, PlateOutput, Producer, StepInputs
 from awb_dagster.instruments.streaming import prefetch_batches
+from awb_dagster.locking import hold_lock, lock_file_name
 from awb_dagster.plates.catalog import Plate, PlateCatalog
 from awb_dagster.provenance.store import Manifest, OpenRun, RunStore, SealedPair
 
 SealedIndex = dict[tuple[str, str, str], SealedPair]
+LOCKS_DIR = "locks"  # under the store root: one lock file per store key
+DEFAULT_CHUNK_BATCHES = 4  # plates sealed per run when StreamSettings.chunk_plates is None, in batches
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,16 @@ class StreamSettings:
 
     workers: int = 4
     prefetch_batches: int = 2
+    # Plates per sealed run (a kill loses at most one chunk); None: DEFAULT_CHUNK_BATCHES batches.
+    chunk_plates: int | None = None
+
+    def chunk_size(self, batch_size: int) -> int:
+        return max(1, self.chunk_plates or DEFAULT_CHUNK_BATCHES * max(1, batch_size))
+
+
+def pin_lock_path(store: RunStore, store_key: str) -> Path:
+    """The lock file held while a run plans, processes and seals ``store_key``."""
+    return store.root / LOCKS_DIR / lock_file_name(store_key)
 
 
 def plate_metadata(plate: Plate) -> dict[str, Any]:
@@ -103,6 +124,34 @@ def _run_pin(
     stream: StreamSettings,
     log: Callable[[str], None],
 ) -> None:
+    lock_path = pin_lock_path(store, session.store_key)
+
+    def waiting() -> None:
+        log(
+            f"{session.store_key}: another run is processing this pin on this home ({lock_path} is held); "
+            "waiting for it, then reusing what it sealed"
+        )
+
+    with hold_lock(lock_path, on_wait=waiting):
+        _plan_and_run(
+            session, pin_key, keyed_plates, result,
+            catalog=catalog, store=store, force=force, dagster_run_id=dagster_run_id, stream=stream, log=log,
+        )  # fmt: skip
+
+
+def _plan_and_run(
+    session: PinSession,
+    pin_key: str,
+    keyed_plates: Sequence[tuple[str, str]],
+    result: StepResult,
+    *,
+    catalog: PlateCatalog,
+    store: RunStore,
+    force: bool,
+    dagster_run_id: str,
+    stream: StreamSettings,
+    log: Callable[[str], None],
+) -> None:
     sealed = store.sealed_pairs(session.store_key)
     todo: list[Plate] = []
     for _, plate_id in keyed_plates:
@@ -119,15 +168,13 @@ def _run_pin(
     )
     computed: dict[str, tuple[SealedPair, dict[str, Any]]] = {}
     if todo:
-        run = _open_run(session, store, dagster_run_id)
-        outputs, failures = _stream(session, run, todo, stream, log)
-        for failure in failures:
+        chunks = _ChunkedRuns(session, store, dagster_run_id, stream.chunk_size(session.batch_size), log)
+        _stream(session, chunks, todo, stream, log)
+        chunks.seal()
+        for failure in chunks.failures:
             result.problems.append(f"{failure.plate.plate_id}: {failure.reason}")
-            run.add_failure(plate_id=failure.plate.plate_id, pin_key=session.store_key, reason=failure.reason)
-        manifest = run.seal()
-        result.sealed_runs.append(manifest.run_id)
-        log(f"{session.store_key}: sealed run {manifest.run_id} at {manifest.run_dir}")
-        computed = _computed_pairs(manifest, outputs)
+        result.sealed_runs.extend(chunks.sealed_runs)
+        computed = chunks.computed
     for key, plate_id in keyed_plates:
         plate = catalog.plates.get(plate_id)
         if plate is None:
@@ -139,6 +186,71 @@ def _run_pin(
         pair = _sealed_pair(sealed, plate, session.expected_tag(plate))
         if pair is not None:
             result.reports.append(PartitionReport(key, pin_key, pair, reused=True, facts=None))
+
+
+class _ChunkedRuns:
+    """The sealed runs of one pin's plates: a run is opened when a chunk starts and sealed once
+    it holds ``chunk_plates`` plates (processed or failed), and the last one at :meth:`seal`."""
+
+    def __init__(
+        self, session: PinSession, store: RunStore, dagster_run_id: str, chunk_plates: int, log: Callable[[str], None]
+    ):
+        self.session, self.store, self.dagster_run_id = session, store, dagster_run_id
+        self.chunk_plates, self.log = chunk_plates, log
+        self.run: OpenRun | None = None
+        self.outputs: list[PlateOutput] = []  # of the open chunk
+        self.plates_in_chunk = 0
+        self.chunk_started = 0.0
+        self.failures: list[PlateFailure] = []
+        self.sealed_runs: list[str] = []
+        self.computed: dict[str, tuple[SealedPair, dict[str, Any]]] = {}
+
+    def current(self) -> OpenRun:
+        if self.run is None:
+            self.run = _open_run(self.session, self.store, self.dagster_run_id)
+            self.chunk_started = time.perf_counter()
+        return self.run
+
+    def add_output(self, item: PlateOutput) -> None:
+        run = self.current()
+        run.add_plate(plate_metadata(item.plate))
+        run.add_pair(
+            plate_id=item.plate.plate_id,
+            plate_sha256=item.plate.sha256,
+            pin_key=self.session.store_key,
+            preprocess_tag=item.preprocess_tag,
+            record_ids=item.record_ids,
+            artifact=item.artifact,
+        )
+        self.outputs.append(item)
+        self.plates_in_chunk += 1
+
+    def add_failure(self, failure: PlateFailure) -> None:
+        self.current().add_failure(plate_id=failure.plate.plate_id, pin_key=self.session.store_key, reason=failure.reason)
+        self.failures.append(failure)
+        self.plates_in_chunk += 1
+
+    def batch_done(self) -> None:
+        """After a batch: seal the chunk once it is full (a batch is never split between runs)."""
+        if self.plates_in_chunk >= self.chunk_plates:
+            self.seal()
+
+    def seal(self) -> None:
+        if self.run is None:
+            return
+        run, outputs = self.run, self.outputs
+        elapsed = time.perf_counter() - self.chunk_started
+        records = sum(len(output.record_ids) for output in outputs)
+        run.note(
+            "timing",
+            {"plates": len(outputs), "records": records, "stream_seconds": round(elapsed, 3),
+             "plates_per_second": round(len(outputs) / elapsed, 2) if elapsed > 0 else None},
+        )  # fmt: skip
+        manifest = run.seal()
+        self.sealed_runs.append(manifest.run_id)
+        self.computed.update(_computed_pairs(manifest, outputs))
+        self.log(f"{self.session.store_key}: sealed run {manifest.run_id} ({len(outputs)} plates) at {manifest.run_dir}")
+        self.run, self.outputs, self.plates_in_chunk = None, [], 0
 
 
 def _open_run(session: PinSession, store: RunStore, dagster_run_id: str) -> OpenRun:
@@ -155,12 +267,10 @@ def _open_run(session: PinSession, store: RunStore, dagster_run_id: str) -> Open
 
 
 def _stream(
-    session: PinSession, run: OpenRun, plates: list[Plate], stream: StreamSettings, log: Callable[[str], None]
-) -> tuple[list[PlateOutput], list[PlateFailure]]:
-    outputs: list[PlateOutput] = []
-    failures: list[PlateFailure] = []
+    session: PinSession, chunks: _ChunkedRuns, plates: list[Plate], stream: StreamSettings, log: Callable[[str], None]
+) -> None:
     started = time.perf_counter()
-    records = 0
+    processed = records = failed = 0
     batches = prefetch_batches(
         plates, session.prepare, batch_size=session.batch_size, workers=stream.workers,
         prefetch_batches=max(1, stream.prefetch_batches),
@@ -171,36 +281,23 @@ def _stream(
             if slot.error is None:
                 good.append((slot.item, slot.value))
             else:  # a bad plate fails its own partition, not the step's others
-                failures.append(PlateFailure(slot.item, f"{type(slot.error).__name__}: {slot.error}"))
-        if not good:
-            continue
-        for item in session.process(good, run):
+                chunks.add_failure(PlateFailure(slot.item, f"{type(slot.error).__name__}: {slot.error}"))
+                failed += 1
+        items = session.process(good, chunks.current()) if good else []
+        for item in items:
             if isinstance(item, PlateFailure):
-                failures.append(item)
+                chunks.add_failure(item)
+                failed += 1
                 continue
-            run.add_plate(plate_metadata(item.plate))
-            run.add_pair(
-                plate_id=item.plate.plate_id,
-                plate_sha256=item.plate.sha256,
-                pin_key=session.store_key,
-                preprocess_tag=item.preprocess_tag,
-                record_ids=item.record_ids,
-                artifact=item.artifact,
-            )
-            outputs.append(item)
+            chunks.add_output(item)
+            processed += 1
             records += len(item.record_ids)
+        chunks.batch_done()
         elapsed = time.perf_counter() - started
         log(
-            f"{session.store_key}: {len(outputs) + len(failures)}/{len(plates)} plates, {records} records "
-            f"({len(outputs) / elapsed:.1f} plates/s)"
+            f"{session.store_key}: {processed + failed}/{len(plates)} plates, {records} records "
+            f"({processed / elapsed:.1f} plates/s)"
         )
-    elapsed = time.perf_counter() - started
-    run.note(
-        "timing",
-        {"plates": len(outputs), "records": records, "stream_seconds": round(elapsed, 3),
-         "plates_per_second": round(len(outputs) / elapsed, 2) if elapsed > 0 else None},
-    )  # fmt: skip
-    return outputs, failures
 
 
 def _computed_pairs(manifest: Manifest, outputs: list[PlateOutput]) -> dict[str, tuple[SealedPair, dict[str, Any]]]:

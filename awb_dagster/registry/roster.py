@@ -62,6 +62,7 @@ class Instrument:
     size_config_field: str | None = None
     preprocessing: str | None = None
     failure_modes: tuple[str, ...] = ()
+    intended_use: str | None = None  # what the instrument is for, and what its outputs must not be read as
     notes: str = ""
     sealed_runs: bool = False
     trust_remote_code: bool = False  # honoured by loaders only together with a pinned sha
@@ -111,7 +112,7 @@ _FIELD_TYPES: dict[str, str] = {
     "pipeline_tag": _STR, "library": _STR, "license": _STR, "output_kind": _STR,
     "output_dtype": _STR, "expected_dim": _INT, "input_size": _INT,
     "dim_config_field": _STR, "size_config_field": _STR, "preprocessing": _STR,
-    "failure_modes": _STRS, "notes": _STR, "sealed_runs": _BOOL, "trust_remote_code": _BOOL,
+    "failure_modes": _STRS, "intended_use": _STR, "notes": _STR, "sealed_runs": _BOOL, "trust_remote_code": _BOOL,
     "weight_id": _STR, "library_version": _STR, "aliases": _STRS, "demo": _BOOL,
     "url": _STR, "file_sha256": _STR,
 }  # fmt: skip

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from awb_dagster.assets.factory import job_name
+from awb_dagster.instance_storage import AwbInstance
 from awb_dagster.paths import REPO_ROOT
 
 dagster_k8s = pytest.importorskip("dagster_k8s", reason="dagster-k8s is not installed (pip install -e '.[k8s]')")
@@ -45,6 +46,8 @@ SCHEMA_FIELDS = {
     ("runLauncher", "config", "k8sRunLauncher", "runK8sConfig"): {
         "containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata",
     },
+    ("dagsterWebserver", "image"): {"repository", "tag", "pullPolicy"},
+    ("dagsterDaemon", "image"): {"repository", "tag", "pullPolicy"},
     ("dagsterDaemon", "runCoordinator", "config", "queuedRunCoordinator"): {
         "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
         "dequeueUseThreads", "blockOpConcurrencyLimitedRuns",
@@ -167,9 +170,15 @@ def test_run_pod_takes_the_hub_token_from_a_secret(run_pod):
 def test_chart_instance_additions_are_valid_dagster_instance_config():
     additions = _section("additionalInstanceConfig")
     with dg.instance_for_test(overrides=additions) as instance:
+        assert isinstance(instance, AwbInstance)
         pools = instance.get_concurrency_config().pool_config
         assert pools.default_pool_limit == additions["concurrency"]["pools"]["default_limit"]
         assert pools.pool_granularity.value == "run", "family runs wait in the queue, not as pods holding a card"
+
+
+def test_webserver_daemon_and_runs_share_the_code_location_image():
+    (deployment,) = _section("dagster-user-deployments", "deployments")
+    assert _section("dagsterWebserver", "image") == _section("dagsterDaemon", "image") == deployment["image"]
 
 
 def test_dockerfile_pins_the_torch_of_setup_script():

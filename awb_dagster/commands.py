@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from awb_dagster.constants import SEMANTIC_FAMILIES
+from awb_dagster.constants import SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.paths import HomePaths, resolve_home
 from awb_dagster.provenance.report import text_table
 
@@ -224,4 +224,45 @@ def _run(args) -> int:
 def demo(args) -> int:
     from awb_dagster.demo.pipeline import run_demo
 
+    if getattr(args, "action", None) == "publish":
+        return demo_publish(args)
     return run_demo(resolve_home(args.home), Path(args.plates) if args.plates else None)
+
+
+def demo_publish(args) -> int:
+    """Publish a new revision of a demo model on the home's loopback hub and pin it: the pin-change
+    path (`awb ui` then materializes the new pin at its next automation tick) without a real hub."""
+    from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos
+    from awb_dagster.demo.hub import LoopbackHub
+    from awb_dagster.instruments.common import quiet_transformers
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+    from awb_dagster.registry.pins import capture_pin
+
+    paths = HomePaths(resolve_home(args.home))
+    registry = Registry.load(lock_path=paths.lock)
+    repo_id = registry.get(args.model).instrument.id
+    if repo_id not in DEMO_REPOS:
+        print(f"{repo_id} is not a demo model; demo models: {', '.join(DEMO_REPOS)}", file=sys.stderr)
+        return 2
+    hub = LoopbackHub(paths.hub)
+    known = hub.read_repo(repo_id)
+    # Each revision gets new random weights: the seed is the number of revisions already published.
+    seed = args.seed if args.seed is not None else len(known["commits"]) if known else 0
+    print(f"building a tiny {DEMO_REPOS[repo_id]} checkpoint (seed {seed})", flush=True)
+    quiet_transformers()  # no shard-writing progress bars on the terminal
+    sha = publish_demo_repos(hub, seed=seed, only=[repo_id])[repo_id]
+    print(f"published {repo_id} revision {sha} on the home's loopback hub ({paths.hub})")
+    with hub:
+        pin = capture_pin(registry.get(repo_id).instrument, endpoint=hub.start(), cache_dir=paths.hf_cache)
+    lock = PinLock.load(paths.lock)
+    if lock.add(pin):
+        lock.save(paths.lock)
+        sync_if_instance(paths)
+    family = registry.get(repo_id).instrument.family
+    print(
+        f"pinned {repo_id} -> {pin.key} ({len(pin.files)} files in {paths.hf_cache}); a running `awb ui` "
+        "materializes it at its next automation tick (AWB_AUTOMATION_CRON), or now: `awb run --family "
+        f"{'sam' if family in SAM_FAMILIES else family} --pin {pin.key}`"
+    )
+    return 0

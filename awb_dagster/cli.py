@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -221,14 +220,16 @@ def cmd_demo(args) -> int:
 
 def cmd_ui(args) -> int:
     from awb_dagster.instance import dagster_env
+    from awb_dagster.ui_process import run_in_own_group
 
     paths = HomePaths(resolve_home(args.home))
     env = dagster_env(paths)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port), "-h", args.host]
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']} AWB_HOME={paths.root}\n$ {' '.join(command)}")
     # Run in DAGSTER_HOME: from the repo root, dagster dev would warn that the root dagster.yaml
-    # is not the one in DAGSTER_HOME (this one is that file with the home filled in).
-    return subprocess.call(command, env=env, cwd=env["DAGSTER_HOME"])
+    # is not the one in DAGSTER_HOME (this one is that file with the home filled in). Its own
+    # process group: SIGINT and SIGTERM stop it and everything it started, even in the background.
+    return run_in_own_group(command, env=env, cwd=env["DAGSTER_HOME"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*")
     p.add_argument("--all", action="store_true", help="every Hugging Face model of the registry")
     p.add_argument("--revision", help="pin this revision (sha, tag or branch) instead of the head")
+    p.add_argument(
+        "--file", help="torchvision weights: the downloaded weight file (checked against the hash prefix in its "
+        "published name, then copied into the home); no download happens"
+    )
     p.add_argument("--endpoint", help="hub endpoint (default $HF_ENDPOINT or huggingface.co)")
     p.add_argument(
         "--status", action="store_true", help="report whether the hub moved past each active pin; changes nothing"
@@ -314,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="the whole chain offline on tiny checkpoints")
     p.add_argument("--plates", help="plate folder (default: the sample plates shipped in the package)")
+    p.set_defaults(func=cmd_demo)
+    p = p.add_subparsers(dest="action").add_parser(
+        "publish",
+        parents=[common],
+        help="publish a new revision of a demo model on the home's loopback hub and pin it (the pin-change path)",
+    )
+    p.add_argument("model", help="a demo model, e.g. awb-demo/tiny-dinov2 (`awb registry list`)")
+    p.add_argument("--seed", type=int, help="weights seed (default: the number of revisions already published)")
     p.set_defaults(func=cmd_demo)
     p = p.add_subparsers(dest="action").add_parser(
         "publish",

@@ -14,17 +14,15 @@ No Dagster here.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 
-from awb_dagster.plates.imaging import PlateError, exif_orientation, format_pixel_limit_reason
+from awb_dagster.plates.imaging import PlateError, exif_orientation, format_pixel_limit_reason, read_plate_bytes
 
 DECODERS = ("pil", "torchvision")
 # Catalog (format, mode) pairs decode_jpeg turns into the same RGB as rgb-v1 (up to the decoder
@@ -61,19 +59,7 @@ def read_jpeg(path: str | os.PathLike[str], sha256: str, *, max_pixels: int) -> 
     """Read ``path``, check its bytes against the catalog's ``sha256`` and its header (a JPEG in
     a mode of :data:`TORCH_JPEG_MODES`, within ``max_pixels``). Decodes no pixels.
     Raises :class:`PlateError` naming the file and what to do."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise PlateError(path, f"unreadable: {exc.strerror or exc}") from exc
-    if not data:
-        raise PlateError(path, "zero bytes")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise PlateError(
-            path,
-            f"file changed since it was scanned (sha256 {actual}, catalog has {sha256}); "
-            "rescan the plate folder",
-        )
+    data = read_plate_bytes(path, sha256)
     try:
         with Image.open(io.BytesIO(data)) as header:
             kind, mode, (width, height) = header.format, header.mode, header.size

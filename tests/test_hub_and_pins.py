@@ -277,10 +277,28 @@ def test_non_hub_weights_are_not_pinnable_through_the_hub(registry: Registry) ->
         ({"cardData": {"license": "mit"}, "tags": ["license:apache-2.0"]}, "mit"),
         ({"tags": ["transformers", "license:cc-by-nc-4.0"]}, "cc-by-nc-4.0"),
         ({"cardData": {}, "tags": ["transformers"]}, "unknown"),
+        # A list is recorded whole, each part normalized (the gate then checks every part).
+        ({"cardData": {"license": ["apache-2.0", " CC-BY-NC-4.0"]}}, "apache-2.0,cc-by-nc-4.0"),
+        ({"tags": ["license:mit", "license:cc-by-nd-4.0"]}, "mit,cc-by-nd-4.0"),
+        ({"cardData": {"license": " Apache-2.0 "}}, "apache-2.0"),
     ],
 )
 def test_declared_license_is_never_assumed(info: dict, expected: str) -> None:
     assert declared_license(ModelInfo(id="awb-test/license", **info)) == expected
+
+
+def test_a_license_list_on_the_card_is_pinned_whole_and_needs_the_opt_in(
+    loopback_hub: HubFixture, registry: Registry, tmp_path: Path
+) -> None:
+    """Issue 10 item 6: `license: [apache-2.0, cc-by-nc-4.0]` ran without opt-in."""
+    from awb_dagster.registry.model import RegistryEntry
+
+    inst = instrument(registry, "awb-demo/tiny-dinov2", id="awb-test/license-list")
+    loopback_hub.hub.add_commit(inst.id, build_tiny_repo("dinov2"), license=["apache-2.0", "CC-BY-NC-4.0 "])
+    pin = capture_pin(inst, endpoint=loopback_hub.endpoint, cache_dir=tmp_path)
+    assert pin.license == "apache-2.0,cc-by-nc-4.0"
+    entry = RegistryEntry(inst, (pin,))  # the roster declares apache-2.0; the pin's card says more
+    assert entry.flagged_licenses == ("cc-by-nc-4.0",) and entry.license_flagged
 
 
 # --- the real loaders at the pinned sha ---------------------------------------------------

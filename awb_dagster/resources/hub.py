@@ -11,8 +11,10 @@ from awb_dagster.registry.hub_settings import set_hub_endpoint
 
 
 class HubResource(dg.ConfigurableResource):
-    """How to reach the model hub. ``offline`` loads only from the cache at the locked sha
-    (passed to every load as ``local_files_only``)."""
+    """How to reach the model hub. A pin whose files `awb pin` fetched into the home's cache
+    loads from that cache alone, whatever these say (no endpoint needed). ``offline`` loads every
+    pin only from the cache at the locked sha (passed to every load as ``local_files_only``); the
+    endpoint and token serve pins taken before pins carried their files."""
 
     endpoint: Optional[str] = Field(default=None, description="Hub URL; default $HF_ENDPOINT or huggingface.co")
     token: Optional[str] = Field(default=None, description="Token for gated models (use dg.EnvVar('HF_TOKEN'))")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import dagster as dg
 import pytest
 
 from awb_dagster.assets.factory import build_family_asset, family_backfill_policy
+from awb_dagster.cli import main
 from awb_dagster.constants import GPU_POOL
+from awb_dagster.demo import LoopbackHub, build_tiny_repo
+from awb_dagster.demo.checkpoints import DEMO_LICENSE, DEMO_PIPELINE_TAGS
 from awb_dagster.definitions import build_definitions
 from awb_dagster.instance import GPU_SLOTS_ENV, dagster_env, gpu_pool_limit, open_instance
 from awb_dagster.paths import REPO_ROOT, HomePaths
@@ -23,7 +27,7 @@ from awb_dagster.provenance.lineage import lineage
 from awb_dagster.resources import AwbHome
 from awb_dagster.resources.devices import DeviceLeaseError, claim_device, lease_path, leased_devices
 from awb_dagster.resources.settings import max_partitions_per_run
-from test_e2e_webserver import (  # the e2e helpers: subprocesses, GraphQL, the private hub
+from test_e2e_webserver import (  # the e2e helpers: subprocesses and GraphQL
     ASSET,
     BACKFILL,
     DAEMON,
@@ -33,10 +37,7 @@ from test_e2e_webserver import (  # the e2e helpers: subprocesses, GraphQL, the 
     WEBSERVER,
     GraphQL,
     Processes,
-    _awb,
     _free_port,
-    _pinned_key,
-    private_hub,  # noqa: F401 (fixture)
 )
 
 RUNS = """
@@ -45,6 +46,26 @@ query Runs($ids: [String!]!) {
     tags { key value } } } }
 }"""
 TEST_BUDGET_S = 240  # typically 90-150 s on two shared cores
+MODEL, KIND = "awb-demo/tiny-dinov2", "dinov2"
+
+
+@pytest.fixture
+def private_hub(tmp_path: Path) -> Iterator[str]:
+    """A loopback hub serving one tiny DINOv2 revision; yields its endpoint."""
+    hub = LoopbackHub(tmp_path / "hub")
+    hub.add_commit(
+        MODEL, build_tiny_repo(KIND, seed=0), license=DEMO_LICENSE,
+        pipeline_tag=DEMO_PIPELINE_TAGS[KIND], library_name="transformers",
+    )  # fmt: skip
+    try:
+        yield hub.start()
+    finally:
+        hub.stop()
+
+
+def _awb(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    assert main(list(argv)) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("value", "expected"), [("", None), ("0", None), ("1", 1), ("250", 250)])
@@ -111,16 +132,16 @@ def test_concurrent_claims_get_different_cards_and_release_on_exit(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not (WEBSERVER.exists() and DAEMON.exists()), reason="dagster-webserver is not installed")
-def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_one_backfill_two_concurrent_shards(private_hub, tmp_path, capsys, monkeypatch):
     started = time.monotonic()
-    hub, endpoint = private_hub
+    endpoint = private_hub
     home_dir, plates_dir = tmp_path / "home", tmp_path / "plates"
     plates_dir.mkdir()
     for plate in sorted(SAMPLE_PLATES_DIR.iterdir()):
         if plate.suffix in (".jpg", ".png"):
             shutil.copy(plate, plates_dir / plate.name)
     home = ["--home", str(home_dir)]
-    pin = _pinned_key(_awb(capsys, "pin", "awb-demo/tiny-dinov2", "--endpoint", endpoint, *home))
+    pin = _awb(capsys, "pin", MODEL, "--endpoint", endpoint, *home).split("-> ")[1].split()[0]
     _awb(capsys, "plates", "add", str(plates_dir), *home)
     plate_ids = sorted(AwbHome(home=str(home_dir)).catalog().plates)
     per_run = (len(plate_ids) + 1) // 2  # two shards

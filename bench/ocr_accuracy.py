@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ZoneSettings()
     parser.add_argument("--header-fraction", type=float, default=defaults.header_fraction)
     parser.add_argument("--caption-fraction", type=float, default=defaults.caption_fraction)
-    parser.add_argument("--header-scale", type=float, default=defaults.header_scale)
-    parser.add_argument("--caption-scale", type=float, default=defaults.caption_scale)
+    scales = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
+    parser.add_argument("--header-scales", type=scales, default=defaults.header_scales, help="e.g. 2,3,4")
+    parser.add_argument("--caption-scales", type=scales, default=defaults.caption_scales, help="e.g. 3,2")
     parser.add_argument("--psm", type=int, default=defaults.psm)
     args = parser.parse_args(argv)
     instrument = Registry.load().get("tesseract").instrument
     reader = TesseractReader(instrument, capture_tesseract_pin(instrument), ZoneSettings(
-        header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scale=args.header_scale, caption_scale=args.caption_scale, psm=args.psm
+        header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scales=args.header_scales, caption_scales=args.caption_scales, psm=args.psm
     ))
     truth = [r for r in read_truth(args.truth) if args.split in ("all", r["split"])]
     rows = evaluate(reader, args.plates, truth)

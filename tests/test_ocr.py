@@ -32,8 +32,10 @@ PARROT = "audubon_p026_carolina-parrot.jpg"
 OWL = "audubon_p061_great-horned-owl.jpg"
 
 
-def word(text: str, x: int, y: int, zone: str = HEADER_ZONE, conf: float = 0.9, index: int = 0, h: int = 20) -> OcrWord:
-    return OcrWord(text, conf, (x, y, 10 * len(text), h), f"{zone}:1.1.{index}", zone, index)
+def word(
+    text: str, x: int, y: int, zone: str = HEADER_ZONE, conf: float = 0.9, index: int = 0, h: int = 20, scale: int = 2
+) -> OcrWord:
+    return OcrWord(text, conf, (x, y, 10 * len(text), h), f"{zone}@{scale}:1.1.{index}", zone, index, f"{zone}@{scale}")
 
 
 @pytest.mark.parametrize(
@@ -67,6 +69,24 @@ def test_plate_number_from_a_split_header_and_its_words():
     assert label.plate_number.confidence == pytest.approx(0.9)
 
 
+def test_reads_vote_and_the_fascicle_decides():
+    # three reads of "No. 13.  PLATE LXI.": two read the period as a 1 (LXII, a repair), one reads LXI
+    reads = [(2, "LXI."), (3, "LXI1."), (4, "LXI1.")]
+    words = [w for i, (scale, numeral) in enumerate(reads) for w in (
+        word("No", 100, 40, index=3 * i, scale=scale), word("13.", 140, 40, index=3 * i + 1, scale=scale),
+        word("PLATE", 1500, 52, index=3 * i + 2, scale=scale), word(numeral, 1600, 52, index=100 + i, scale=scale),
+    )]  # fmt: skip
+    label = parse_label(words, 2000)
+    assert label.plate_number.value == 61  # both in fascicle 13 (61-65): the unrepaired read wins
+    assert label.plate_number.confidence == pytest.approx(0.9 / 3)  # one read of three agrees
+    # a read contradicting the fascicle loses even with more votes
+    contradicting = [w for i in range(3) for w in (
+        word("No", 100, 40, index=3 * i, scale=i), word("3.", 140, 40, index=3 * i + 1, scale=i),
+        word("PLATE", 1500, 52, index=3 * i + 2, scale=i), word("18." if i else "13.", 1600, 52, index=100 + i, scale=i),
+    )]  # fmt: skip
+    assert parse_label(contradicting, 2000).plate_number.value == 13
+
+
 def test_repaired_numeral_has_lower_confidence():
     label = parse_label([word("PLATE", 1500, 50, index=0), word("CCCCXX1", 1600, 50, index=1)], 2000)
     assert label.plate_number.value == 421 and label.plate_number.confidence == pytest.approx(0.45)
@@ -95,14 +115,16 @@ def test_tsv_boxes_map_back_to_plate_pixels():
         "5\t1\t2\t1\t1\t2\t450\t90\t30\t40\t-1\t \n"
     )
     (only,) = parse_tsv(tsv, CAPTION_ZONE, (0, 2000), 2.0, first_index=7)
-    assert only == OcrWord("PLATE", 0.915, (150, 2045, 60, 20), "caption:2.1.1", CAPTION_ZONE, 7)
+    assert only == OcrWord("PLATE", 0.915, (150, 2045, 60, 20), "caption@2:2.1.1", CAPTION_ZONE, 7, "caption@2")
 
 
 def test_zone_settings_are_validated():
     with pytest.raises(ValueError, match="caption_fraction"):
         ZoneSettings(caption_fraction=0.9)
-    with pytest.raises(ValueError, match="header_scale"):
-        ZoneSettings(header_scale=10)
+    with pytest.raises(ValueError, match="header_scales"):
+        ZoneSettings(header_scales=(10.0,))
+    with pytest.raises(ValueError, match="caption_scales"):
+        ZoneSettings(caption_scales=(2.0, 2.0))
 
 
 def test_another_engine_version_is_another_pin():

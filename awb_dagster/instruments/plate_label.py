@@ -5,24 +5,29 @@ confidence (mean word confidence, lowered when the parse had to repair the text)
 of the OCR words it came from, so a reader can see why a value was read. These are weak signals:
 they never overwrite a plate's identity fields.
 
-Heuristics (declared in :data:`PARSER_VERSION`, which goes into the preprocess tag):
-- plate number: in the header zone, the numeral after ``PLATE`` (words of a line joined without
-  spaces, so ``PLAT EXI`` still reads ``PLATE XI``); Arabic digits, or a Roman numeral in
-  canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``;
-- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), the first two of the longest run of capitalised words
-  (engraved small capitals, each at least :data:`MIN_NAME_LETTERS` letters) on one line;
-- common name: the words before the binomial on its line, else the caption line just above it.
+Heuristics (declared in :data:`PARSER_VERSION`, which goes into the preprocess tag). Each zone
+is read at several scales (``pass_id``); the parser works per read and votes across reads:
+- plate number: in the header zone, the numeral after ``PLATE`` (words of a visual row joined
+  without spaces, so ``PLAT EXI`` still reads ``PLATE XI``); Arabic digits, or a Roman numeral
+  in canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``. A value whose
+  fascicle (a number elsewhere in the header, ``No. N``: plates 5N-4..5N of the Havell edition)
+  was read wins, then a value read without repair, then the value most reads agree on;
+- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), the first two of a
+  run of capitalised words (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
+  letters, no inner periods) on one row; two words over one, then the words most reads agree on;
+- common name: the words before the binomial on its row, else the caption row just above it.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-1"
+PARSER_VERSION = "label-parse-2"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
 _PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)", re.IGNORECASE)
@@ -84,12 +89,21 @@ def int_to_roman(value: int, *, additive: bool = False) -> str:
     return "".join(out)
 
 
-def _lines(words: Sequence[OcrWord], zone: str) -> list[list[OcrWord]]:
-    """The zone's words in visual rows, left to right: a word joins the row whose vertical
+def _passes(words: Sequence[OcrWord], zone: str) -> dict[str, list[OcrWord]]:
+    """The zone's words per read (``pass_id``), in order of the passes."""
+    passes: dict[str, list[OcrWord]] = {}
+    for word in words:
+        if word.zone == zone:
+            passes.setdefault(word.pass_id, []).append(word)
+    return passes
+
+
+def _lines(words: Sequence[OcrWord]) -> list[list[OcrWord]]:
+    """Words of one read in visual rows, left to right: a word joins the row whose vertical
     centre lies within half its height (sparse-text mode gives far-apart words of one engraved
     line, such as ``PLATE`` and ``1``, different Tesseract line ids)."""
     rows: list[list[OcrWord]] = []
-    for word in sorted((w for w in words if w.zone == zone), key=lambda w: w.box[1] + w.box[3] / 2):
+    for word in sorted(words, key=lambda w: w.box[1] + w.box[3] / 2):
         centre = word.box[1] + word.box[3] / 2
         for row in rows:
             row_centre = sum(w.box[1] + w.box[3] / 2 for w in row) / len(row)
@@ -118,23 +132,46 @@ def parse_numeral(text: str) -> tuple[int, bool] | None:
     return value, mapped != cleaned.upper()
 
 
+def _plate_candidate(line: list[OcrWord]) -> tuple[int, bool, list[OcrWord], str] | None:
+    """(value, repaired, words, text) of a header row naming a plate."""
+    joined, owners = "", []
+    for word in line:
+        joined += word.text
+        owners.extend([word] * len(word.text))
+    match = _PLATE_RE.search(joined)
+    parsed = parse_numeral(match.group(1)) if match else None
+    if match is None or parsed is None:
+        return None
+    used = list(dict.fromkeys(owners[match.start(): match.end()]))
+    return parsed[0], parsed[1], used, match.group(0)
+
+
 def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
-    for line in _lines(words, HEADER_ZONE):
-        joined, owners = "", []
-        for word in line:
-            joined += word.text
-            owners.extend([word] * len(word.text))
-        match = _PLATE_RE.search(joined)
-        if match is None:
-            continue
-        parsed = parse_numeral(match.group(1))
-        if parsed is None:
-            continue
-        value, repaired = parsed
-        used = list(dict.fromkeys(owners[match.start(): match.end()]))
-        confidence = _mean_confidence(used) * (REPAIR_PENALTY if repaired else 1.0)
-        return LabelField(value, round(confidence, 4), tuple(w.word_index for w in used), match.group(0))
-    return None
+    """The plate number voted across the header reads: a value whose fascicle (``No. N``: plates
+    5N-4 to 5N in the Havell edition) was read wins, then a value read without repair, then the
+    value most reads agree on."""
+    candidates = []
+    fascicles: set[int] = set()
+    for read in _passes(words, HEADER_ZONE).values():
+        used_here: set[OcrWord] = set()
+        for line in _lines(read):
+            found = _plate_candidate(line)
+            if found is not None:
+                candidates.append(found)
+                used_here.update(found[2])
+        fascicles |= {int(w.text.strip(".,:;°")) for w in read if w not in used_here and w.text.strip(".,:;°").isdigit()}
+    if not candidates:
+        return None
+    votes = Counter(value for value, *_ in candidates)
+
+    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, int, float]:
+        value, repaired, used, _ = candidate
+        return ((value + 4) // 5 in fascicles, not repaired, votes[value], _mean_confidence(used))
+
+    value, repaired, used, text = max(candidates, key=rank)
+    agreement = votes[value] / len(candidates)
+    confidence = _mean_confidence(used) * agreement * (REPAIR_PENALTY if repaired else 1.0)
+    return LabelField(value, round(confidence, 4), tuple(w.word_index for w in used), text)
 
 
 def _is_capitals(word: OcrWord) -> bool:
@@ -144,10 +181,9 @@ def _is_capitals(word: OcrWord) -> bool:
     return len(letters) >= MIN_NAME_LETTERS and sum(ch.isupper() for ch in letters) >= 0.8 * len(letters)
 
 
-def latin_and_common(words: Sequence[OcrWord], width: int) -> tuple[LabelField | None, LabelField | None]:
-    best: tuple[int, float, list[OcrWord], list[OcrWord], int] | None = None
-    low, high = CENTRE_BAND[0] * width, CENTRE_BAND[1] * width
-    lines = _lines([w for w in words if low <= w.box[0] + w.box[2] / 2 <= high], CAPTION_ZONE)
+def _name_runs(lines: list[list[OcrWord]]) -> list[tuple[list[OcrWord], list[OcrWord], int]]:
+    """(first two words of a run of capitalised words, the words before it on its line, line number)."""
+    runs = []
     for number, line in enumerate(lines):
         run: list[OcrWord] = []
         for position, word in enumerate([*line, None]):
@@ -155,25 +191,43 @@ def latin_and_common(words: Sequence[OcrWord], width: int) -> tuple[LabelField |
                 run.append(word)
                 continue
             if run:
-                start = position - len(run)
-                score = (min(len(run), 2), _mean_confidence(run[:2]))
-                if best is None or score > best[:2]:
-                    best = (*score, run[:2], line[:start], number)
+                runs.append((run[:2], line[: position - len(run)], number))
                 run = []
-    if best is None:
+    return runs
+
+
+def _binomial(words: Sequence[OcrWord]) -> str:
+    return " ".join(_letters(w).capitalize() if i == 0 else _letters(w).lower() for i, w in enumerate(words))
+
+
+def latin_and_common(words: Sequence[OcrWord], width: int) -> tuple[LabelField | None, LabelField | None]:
+    """The Latin binomial voted across the caption reads (two words over one; then the reading
+    most reads agree on, word by word; then confidence), and the common name of the same read."""
+    low, high = CENTRE_BAND[0] * width, CENTRE_BAND[1] * width
+    candidates = []
+    for read in _passes(words, CAPTION_ZONE).values():
+        lines = _lines([w for w in read if low <= w.box[0] + w.box[2] / 2 <= high])
+        candidates.extend((latin, before, lines, number) for latin, before, number in _name_runs(lines))
+    if not candidates:
         return None, None
-    _, confidence, latin, before, number = best
+    word_votes = Counter(_letters(w).casefold() for latin, *_ in candidates for w in latin)
+
+    def rank(candidate: tuple[list[OcrWord], list[OcrWord], list, int]) -> tuple[int, int, float]:
+        latin = candidate[0]
+        return (len(latin), sum(word_votes[_letters(w).casefold()] for w in latin), _mean_confidence(latin))
+
+    latin, before, lines, number = max(candidates, key=rank)
+    agreement = min(1.0, sum(word_votes[_letters(w).casefold()] for w in latin) / (len(latin) * len(_passes(words, CAPTION_ZONE))))
     latin_field = LabelField(
-        " ".join(_letters(w).capitalize() if i == 0 else _letters(w).lower() for i, w in enumerate(latin)),
-        confidence, tuple(w.word_index for w in latin), " ".join(w.text for w in latin),
+        _binomial(latin), round(_mean_confidence(latin) * agreement, 4), tuple(w.word_index for w in latin),
+        " ".join(w.text for w in latin),
     )  # fmt: skip
     common_words = before or _line_above(lines, lines[number])
     common = None
     if common_words:
-        text = " ".join(w.text for w in common_words)
         common = LabelField(
             " ".join(_letters(w) for w in common_words if _letters(w)), _mean_confidence(common_words),
-            tuple(w.word_index for w in common_words), text,
+            tuple(w.word_index for w in common_words), " ".join(w.text for w in common_words),
         )  # fmt: skip
     return latin_field, common
 

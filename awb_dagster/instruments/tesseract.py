@@ -4,12 +4,13 @@ Whole-plate OCR of a 2,000-px Audubon scan reads hatching as letters and finds l
 engraved text, so the engine runs on label zones found by declared heuristics (all in the
 preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13." and
 "PLATE LXI.") and the caption band (bottom ``caption_fraction``: common name, Latin binomial,
-engraver's line), each greyscaled, scaled by ``scale`` (Lanczos) and read with ``--psm``
-sparse-text segmentation. The tesseract binary is called directly with TSV output.
+engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``caption_scales``
+(Lanczos upscaling) with ``--psm`` sparse-text segmentation. The tesseract binary is called directly with TSV output.
 
 Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
-scale); ``line_id`` ``<zone>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``.
+scale); ``line_id`` ``<zone>@<scale>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
+``<zone>@<scale>`` (the read that found it).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class ZoneSettings:
 
     header_fraction: float = 0.12  # top band holding "No. N." and "PLATE N."
     caption_fraction: float = 0.14  # bottom band holding the common name, binomial and engraver's line
-    header_scale: float = 2.0  # upscaling of the header band before OCR (its capitals are ~15 px high)
-    caption_scale: float = 3.0  # upscaling of the caption band (its small capitals are ~10 px high)
+    # Each band is read once per scale (Lanczos upscaling; the header capitals are ~15 px high,
+    # the caption's small capitals ~10 px): the parser votes across these passes.
+    header_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    caption_scales: tuple[float, ...] = (3.0, 2.0)
     psm: int = 11  # sparse text: the bands hold short runs of words far apart
     oem: int = 1  # LSTM engine only
     timeout_seconds: float = 120.0
@@ -50,9 +53,10 @@ class ZoneSettings:
             value = getattr(self, name)
             if not 0.0 < value <= 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5], got {value}")
-        for name in ("header_scale", "caption_scale"):
-            if not 1.0 <= getattr(self, name) <= 6.0:
-                raise ValueError(f"{name} must be in [1, 6], got {getattr(self, name)}")
+        for name in ("header_scales", "caption_scales"):
+            scales = getattr(self, name)
+            if not scales or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
+                raise ValueError(f"{name} must be distinct scales in [1, 6], got {scales}")
         if self.psm not in range(14) or self.oem not in range(4):
             raise ValueError(f"psm must be 0-13 and oem 0-3, got psm={self.psm} oem={self.oem}")
 
@@ -62,9 +66,10 @@ class OcrWord:
     text: str
     confidence: float  # [0, 1]
     box: tuple[int, int, int, int]  # plate pixel XYWH
-    line_id: str
+    line_id: str  # <zone>@<scale>:<block>.<paragraph>.<line>
     zone: str
     word_index: int
+    pass_id: str = ""  # <zone>@<scale>: which read of the zone found it
 
 
 def label_zones(width: int, height: int, settings: ZoneSettings) -> dict[str, tuple[int, int, int, int]]:
@@ -77,7 +82,8 @@ def label_zones(width: int, height: int, settings: ZoneSettings) -> dict[str, tu
 def zones_tag(settings: ZoneSettings) -> str:
     return (
         f"zones(header=top{settings.header_fraction:g},caption=bottom{settings.caption_fraction:g})"
-        f"|grey|scale(header={settings.header_scale:g},caption={settings.caption_scale:g}):lanczos"
+        f"|grey|scales(header={','.join(f'{s:g}' for s in settings.header_scales)},"
+        f"caption={','.join(f'{s:g}' for s in settings.caption_scales)}):lanczos"
         f"|psm={settings.psm}|oem={settings.oem}"
     )
 
@@ -101,9 +107,10 @@ def parse_tsv(text: str, zone: str, origin: tuple[int, int], scale: float, first
                 text=row[11].strip(),
                 confidence=round(min(100.0, float(row[10])) / 100.0, 4),
                 box=box,
-                line_id=f"{zone}:{row[2]}.{row[3]}.{row[4]}",
+                line_id=f"{zone}@{scale:g}:{row[2]}.{row[3]}.{row[4]}",
                 zone=zone,
                 word_index=first_index + len(words),
+                pass_id=f"{zone}@{scale:g}",
             )
         )
     return words
@@ -153,10 +160,11 @@ class TesseractReader:
         words: list[OcrWord] = []
         for zone, (left, top, right, bottom) in label_zones(grey.width, grey.height, self.settings).items():
             band = grey.crop((left, top, right, bottom))
-            scale = self.settings.header_scale if zone == HEADER_ZONE else self.settings.caption_scale
-            band = band.resize((max(1, round(band.width * scale)), max(1, round(band.height * scale))), Image.Resampling.LANCZOS)
-            tsv = self._tesseract(band, zone)
-            words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
+            scales = self.settings.header_scales if zone == HEADER_ZONE else self.settings.caption_scales
+            for scale in scales:
+                size = (max(1, round(band.width * scale)), max(1, round(band.height * scale)))
+                tsv = self._tesseract(band.resize(size, Image.Resampling.LANCZOS), f"{zone}@{scale:g}")
+                words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
         return words
 
     def _tesseract(self, band: Image.Image, zone: str) -> str:

@@ -84,7 +84,7 @@ class OcrSession:
             "token_count": len(words),
             "words": [
                 {"text": w.text, "confidence": w.confidence, "box": list(w.box), "line_id": w.line_id,
-                 "zone": w.zone, "word_index": w.word_index}
+                 "zone": w.zone, "word_index": w.word_index, "pass_id": w.pass_id}
                 for w in words
             ],  # fmt: skip
             "zones": json.dumps(label_zones(image.width, image.height, reader.settings)),

@@ -7,7 +7,7 @@ Text record (:func:`text_schema`), ``record_id`` of scope ``plate``, region ``te
   (null for Tesseract, which takes none); ``decoding``: JSON of the declared decoding parameters
   (null for Tesseract); ``token_count``: words for OCR, generated tokens for a model;
 - ``words``: per word ``text``, ``confidence`` [0, 1], ``box`` plate pixel XYWH, ``line_id``,
-  ``zone``, ``word_index``; ``zones``: JSON of zone name -> plate pixel box (left, top, right, bottom);
+  ``zone``, ``word_index``, ``pass_id`` (the read that found it); ``zones``: JSON of zone name -> plate pixel box (left, top, right, bottom);
 - ``label``: JSON of the parsed weak annotation (plate number, Latin name, common name, each with
   confidence and word indices). A weak signal: never written over the plate's identity fields.
 """
@@ -33,6 +33,7 @@ WORD_TYPE = pa.struct(
         ("line_id", pa.string()),
         ("zone", pa.string()),
         ("word_index", pa.int32()),
+        ("pass_id", pa.string()),
     ]
 )
 

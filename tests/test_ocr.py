@@ -181,13 +181,16 @@ def test_real_ocr_reads_the_engraved_caption(reader, file, words, number, latin)
 def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     home = make_demo_home(loopback_hub, tmp_path_factory, "ocr", ["tesseract"],
                           plate_files=[SHARED_PLATES / PARROT], license_opt_in=["tesseract"])  # fmt: skip
-    runs = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, {}, home.pin_key, None)
+    config = {"header_scales": [2.0], "caption_scales": [3.0]}  # one read per zone keeps the test short
+    runs = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, config, home.pin_key, None)
     assert len(runs) == 1 and runs[0].success
     (pair,) = home.store.sealed_pairs(home.pin_key).values()
     table = pq.read_table(pair.artifact_path)
     assert table.schema == text_schema()
     (row,) = table.to_pylist()
     assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
+    assert pair.preprocess_tag.endswith("scales(header=2,caption=3):lanczos|psm=11|oem=1|label-parse-2")
+    assert {w["pass_id"] for w in row["words"]} == {"header@2", "caption@3"}
     assert label_of(row)["latin_name"]["value"] == "Psitacus carolinensis"
     plate = home.catalog.plates[pair.plate_id]
     outcomes = check_text_pairs([pair], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())

@@ -11,6 +11,9 @@ OCR_FAMILIES = ("tesseract",)
 GROUP_TEXT = "text"
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)
+# Classifier probes (seed 7.3, 7.4): logits with label names, measured axes, never authority.
+PROBE_FAMILIES = ("wikiart", "emotion")
+GROUP_PROBES = "probes"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

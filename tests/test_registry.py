@@ -85,6 +85,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-sam": ("sam", None, 64),
     "awb-demo/tiny-sam-hq": ("sam-hq", None, 64),
     "awb-demo/tiny-mask2former": ("mask2former", None, 64),
+    "awb-demo/tiny-wikiart-convnext": ("wikiart", 5, 32),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -238,7 +239,9 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    assert inst.sealed_runs == (inst.family in ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet"))
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart")
+    # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
+    assert inst.sealed_runs == (inst.family in runnable or (inst.family == "emotion" and inst.library == "transformers"))
     if inst.output_kind == "vector":
         assert inst.expected_dim
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -27,6 +27,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-sam": "sam",
     "awb-demo/tiny-sam-hq": "sam-hq",
     "awb-demo/tiny-mask2former": "mask2former",
+    "awb-demo/tiny-wikiart-convnext": "convnext-classifier",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
@@ -36,6 +37,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
     "sam": "mask-generation",
     "sam-hq": "mask-generation",
     "mask2former": "image-segmentation",
+    "convnext-classifier": "image-classification",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -183,6 +185,26 @@ def _tiny_mask2former() -> tuple[object, object]:
     return Mask2FormerForUniversalSegmentation(config), processor
 
 
+# Five neutral labels: the demo does not claim any real checkpoint's label set.
+DEMO_CLASSIFIER_LABELS = ("demo-style-a", "demo-style-b", "demo-style-c", "demo-style-d", "demo-style-e")
+
+
+def _tiny_convnext_classifier() -> tuple[object, object]:
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
+
+    labels = dict(enumerate(DEMO_CLASSIFIER_LABELS))
+    config = ConvNextConfig(
+        num_channels=3, patch_size=4, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    # Same recipe as davanstrien/convnext-tiny-224-wikiart (a facebook/convnext-tiny-224 fine-tune):
+    # shortest edge / crop_pct, center crop, bicubic, ImageNet statistics; here at 32 px.
+    processor = ConvNextImageProcessor(
+        size={"shortest_edge": 32}, crop_pct=0.875, resample=3, image_mean=_IMAGENET_MEAN, image_std=_IMAGENET_STD
+    )
+    return ConvNextForImageClassification(config), processor
+
+
 _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "clip": _tiny_clip,
     "siglip": _tiny_siglip,
@@ -190,6 +212,7 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "sam": _tiny_sam,
     "sam-hq": _tiny_sam_hq,
     "mask2former": _tiny_mask2former,
+    "convnext-classifier": _tiny_convnext_classifier,
 }
 
 

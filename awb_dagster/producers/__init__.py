@@ -10,6 +10,7 @@ from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
+from awb_dagster.producers.probes import PROBE_PRODUCERS
 from awb_dagster.producers.sam import SamProducer
 from awb_dagster.producers.segments import SegmentProducer
 from awb_dagster.producers.semantic import SemanticProducer
@@ -29,6 +30,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{family: _SEMANTIC for family in SEMANTIC_FAMILIES},
     **{family: _OCR for family in OCR_FAMILIES},
     _CONVNET.family: _CONVNET,
+    **{producer.family: producer for producer in PROBE_PRODUCERS},
 }
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
@@ -61,12 +62,14 @@ class InstrumentsResource(dg.ConfigurableResource):
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
+    _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
         self._generators = {}
         self._segmenters = {}
         self._convnets = {}
+        self._classifiers = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -142,6 +145,22 @@ class InstrumentsResource(dg.ConfigurableResource):
             )
         return self._segmenters[key]
 
+    def classifier(self, pin_key: str, family: str) -> ImageClassifier:
+        """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates."""
+        if pin_key not in self._classifiers:
+            try:
+                instrument, pin = self._admitted(pin_key, family)
+            except LicenseOptInError as exc:
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
+                ) from exc
+            self._classifiers[pin_key] = ImageClassifier(
+                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._classifiers[pin_key]
+
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
         license per weight: ``unknown`` needs the opt-in, as for a flagged hub model)."""
@@ -183,4 +202,4 @@ class InstrumentsResource(dg.ConfigurableResource):
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        return len(self._loaded) + len(self._generators) + len(self._segmenters) + len(self._convnets)
+        return len(self._loaded) + len(self._generators) + len(self._segmenters) + len(self._convnets) + len(self._classifiers)

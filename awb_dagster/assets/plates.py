@@ -25,11 +25,11 @@ from awb_dagster.resources import AwbHome
 
 
 def scan_plates(home: AwbHome, dirs: list[Path] | None = None) -> tuple[PlateCatalog, ScanResult]:
-    """Scan ``dirs`` plus every folder registered before; save the catalog atomically."""
-    catalog = home.catalog()
-    folders = [*map(str, (Path(d).resolve() for d in dirs or ())), *catalog.sources]
-    result = catalog.scan([Path(f) for f in dict.fromkeys(folders)], max_pixels=home.max_pixels)
-    catalog.save()
+    """Scan ``dirs`` plus every folder registered before; save the catalog atomically, under its
+    lock (a concurrent ``awb plates add`` or sensor tick waits, then scans the saved catalog)."""
+    with PlateCatalog.updating(home.paths.catalog) as catalog:
+        folders = [*map(str, (Path(d).resolve() for d in dirs or ())), *catalog.sources]
+        result = catalog.scan([Path(f) for f in dict.fromkeys(folders)], max_pixels=home.max_pixels)
     return catalog, result
 
 

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from awb_dagster.atomic import write_json_atomic
+from awb_dagster.locking import hold_lock
 from awb_dagster.plates.files import (
     IMAGE_FACTS,
     AcceptedFile,
@@ -32,6 +34,7 @@ DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard; plates.max_pixels o
 SAMPLE_PLATES_DIR = Path(__file__).resolve().parent.parent / "sample_plates"
 CATALOG_FORMAT = "awb-plate-catalog/1"
 REJECTIONS_FILE_NAME = "rejections.json"
+LOCK_FILE_NAME = "catalog.lock"  # held while a scan loads, changes and saves the catalog
 
 
 class CatalogError(Exception):
@@ -173,6 +176,17 @@ class PlateCatalog:
             rejections=rejections,
             files=files,
         )
+
+    @classmethod
+    @contextmanager
+    def updating(cls, path: str | os.PathLike[str]) -> Iterator[PlateCatalog]:
+        """Load the catalog at ``path`` for changes and save it after the ``with`` block, holding
+        its lock throughout: two processes scanning at once never lose each other's plates."""
+        path = Path(path)
+        with hold_lock(path.with_name(LOCK_FILE_NAME)):
+            catalog = cls.load(path)
+            yield catalog
+            catalog.save()
 
     def save(self) -> None:
         """Atomically write the catalog and ``rejections.json`` (stable, sorted JSON)."""

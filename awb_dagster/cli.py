@@ -214,8 +214,17 @@ def cmd_runs(args) -> int:
 
 def cmd_demo(args) -> int:
     from awb_dagster.commands import demo  # heavy: the loopback hub, Dagster and the models
+    from awb_dagster.demo.quiet import demo_log_path, stderr_to_log
 
-    return demo(args)
+    if getattr(args, "verbose", True):
+        return demo(args)
+    log = demo_log_path(_paths(args))
+    print(f"awb demo: library and Dagster logs go to {log} (--verbose: to the terminal)", flush=True)
+    with stderr_to_log(log):
+        code = demo(args)
+    if code:
+        print(f"awb demo failed; the details are in {log}", file=sys.stderr)
+    return code
 
 
 def cmd_ui(args) -> int:
@@ -319,14 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="the whole chain offline on tiny checkpoints")
     p.add_argument("--plates", help="plate folder (default: the sample plates shipped in the package)")
-    p.set_defaults(func=cmd_demo)
-    p = p.add_subparsers(dest="action").add_parser(
-        "publish",
-        parents=[common],
-        help="publish a new revision of a demo model on the home's loopback hub and pin it (the pin-change path)",
+    p.add_argument(
+        "--verbose", action="store_true", help="library and Dagster logs on the terminal, not in <home>/logs/"
     )
-    p.add_argument("model", help="a demo model, e.g. awb-demo/tiny-dinov2 (`awb registry list`)")
-    p.add_argument("--seed", type=int, help="weights seed (default: the number of revisions already published)")
     p.set_defaults(func=cmd_demo)
     p = p.add_subparsers(dest="action").add_parser(
         "publish",

@@ -239,7 +239,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart")
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
     assert inst.sealed_runs == (inst.family in runnable or (inst.family == "emotion" and inst.library == "transformers"))
     if inst.output_kind == "vector":

@@ -198,3 +198,13 @@ def test_an_invalid_config_json_fails_the_pin_naming_the_file(tmp_path, capsys) 
     assert status == 1 and len(err.strip().splitlines()) == 1, err
     assert f"error: {MODEL}@" in err and "config.json is not valid JSON" in err
     assert not (tmp_path / "home").exists()
+
+
+def test_pin_status_names_a_bad_endpoint_in_one_line(private_hub, tmp_path, capsys) -> None:
+    _, endpoint, _ = private_hub
+    home = ["--home", str(tmp_path / "home")]
+    assert main(["pin", MODEL, "--endpoint", endpoint, *home]) == 0
+    capsys.readouterr()
+    assert main(["pin", "--status", "--endpoint", "http://127.0.0.1:99999", *home]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "error: awb-demo/tiny-dinov2: hub endpoint 'http://127.0.0.1:99999' is not a usable URL" in err[0]

@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from awb_dagster.registry.hub_client import COMMIT_SHA, DEFAULT_REVISION, PinError, hub_errors, model_info, require_sha
+from awb_dagster.registry.hub_client import (
+    COMMIT_SHA,
+    DEFAULT_REVISION,
+    PinError,
+    check_endpoint,
+    hub_errors,
+    model_info,
+    require_sha,
+)
 from awb_dagster.registry.lock import Pin
 
 
@@ -18,7 +26,7 @@ def followed_revision(pin: Pin) -> str:
 
 def hub_head(pin: Pin, *, endpoint: str | None = None, token: str | None = None) -> str:
     """The commit sha the hub's :func:`followed_revision` of ``pin`` points at now."""
-    hub = (endpoint or pin.endpoint).rstrip("/")
+    hub = check_endpoint(pin.model_id, endpoint or pin.endpoint)
     followed = followed_revision(pin)
     with hub_errors(pin.model_id, hub, followed, token):
         return require_sha(model_info(pin.model_id, hub, token, followed), pin.model_id, hub)

@@ -1,0 +1,71 @@
+"""TrOCR on line crops: a tiny VisionEncoderDecoder checkpoint in TrOCR's published layout, served
+by the loopback hub under the real model's id, pinned and loaded at its sha, reading the line
+boxes of Tesseract words."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from PIL import Image, ImageDraw
+
+from awb_dagster.demo.tiny_trocr import build_tiny_trocr_files
+from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.tesseract import CAPTION_ZONE, OcrWord
+from awb_dagster.instruments.trocr import LINE_MARGIN, LineRecognizer, line_boxes
+from awb_dagster.registry.model import Registry
+from awb_dagster.registry.pins import capture_pin
+from awb_dagster.registry.prompts import Decoding
+
+MODEL = "microsoft/trocr-base-printed"
+
+
+def words_on(lines: dict[str, list[tuple[int, int, int, int]]]) -> list[OcrWord]:
+    return [
+        OcrWord("w", 0.9, box, line_id, CAPTION_ZONE, index, "caption@3")
+        for index, (line_id, box) in enumerate((line_id, box) for line_id, boxes in lines.items() for box in boxes)
+    ]
+
+
+def test_line_boxes_union_grow_and_clip():
+    words = words_on({"caption@3:1.1.1": [(100, 200, 50, 20), (160, 198, 40, 24)], "caption@3:1.1.2": [(0, 290, 30, 10)]})
+    boxes = line_boxes(words, width=300, height=300)
+    m = LINE_MARGIN
+    assert boxes == {"caption@3:1.1.1": (100 - m, 198 - m, 100 + 2 * m, 24 + 2 * m), "caption@3:1.1.2": (0, 290 - m, 30 + m, 10 + m)}
+
+
+@pytest.fixture(scope="module")
+def recognizer(loopback_hub, tmp_path_factory) -> LineRecognizer:
+    loopback_hub.hub.add_commit(
+        MODEL, build_tiny_trocr_files(), license="unknown", pipeline_tag="image-to-text", library_name="transformers"
+    )
+    instrument = Registry.load().get(MODEL).instrument
+    pin = capture_pin(instrument, endpoint=loopback_hub.endpoint, cache_dir=tmp_path_factory.mktemp("trocr-cache"))
+    return LineRecognizer(instrument, pin, Decoding(max_new_tokens=6), device="cpu", cache_dir=tmp_path_factory.mktemp("trocr-hf"))
+
+
+def test_reads_each_line_crop_deterministically(recognizer):
+    plate = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(plate).text((110, 205), "PSITACUS CAROLINENSIS", fill="black")
+    boxes = line_boxes(words_on({"caption@3:1.1.1": [(100, 200, 150, 20)], "caption@3:1.1.2": [(120, 240, 90, 18)]}), 400, 300)
+    lines = recognizer.recognize(plate, boxes)
+    assert [line.line_id for line in lines] == list(boxes) and [line.box for line in lines] == list(boxes.values())
+    assert all(isinstance(line.text, str) and 0 <= line.token_count <= 6 for line in lines)
+    assert recognizer.recognize(plate, boxes) == lines  # greedy decoding of the same crops
+    assert recognizer.recognize(plate, {}) == []
+    with pytest.raises(InstrumentError, match="not inside"):
+        recognizer.recognize(plate, {"x": (390, 0, 20, 10)})
+
+
+def test_preprocess_tag_and_manifest_carry_the_decoding(recognizer):
+    assert recognizer.preprocess_tag.endswith(Decoding(max_new_tokens=6).tag())
+    assert "size=32x32" in recognizer.preprocess_tag and f"margin{LINE_MARGIN}" in recognizer.preprocess_tag
+    described = recognizer.describe()
+    assert described["decoding"]["max_new_tokens"] == 6 and described["sha"] == recognizer.pin.sha
+    assert Decoding(max_new_tokens=7).tag() != Decoding(max_new_tokens=6).tag()
+
+
+def test_other_families_are_refused(recognizer):
+    clip = Registry.load().get("openai/clip-vit-base-patch32").instrument
+    with pytest.raises(InstrumentError, match="not run by the TrOCR adapter"):
+        LineRecognizer(clip, replace(recognizer.pin, model_id=clip.id))

@@ -152,7 +152,7 @@ def _plan_and_run(
     stream: StreamSettings,
     log: Callable[[str], None],
 ) -> None:
-    sealed = store.sealed_pairs(session.store_key)
+    sealed = store.sealed_pairs(session.store_key, plate_ids={plate_id for _, plate_id in keyed_plates})
     todo: list[Plate] = []
     for _, plate_id in keyed_plates:
         plate = catalog.plates.get(plate_id)

@@ -21,7 +21,7 @@ import platform
 import re
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -349,12 +349,16 @@ class RunStore:
     def unsealed_runs(self) -> list[Path]:
         return [d for d in self.run_dirs() if not (d / MANIFEST_NAME).is_file()]
 
-    def sealed_pairs(self, pin_key: str) -> dict[tuple[str, str, str], SealedPair]:
-        """Latest sealed pair per (plate_id, plate_sha256, preprocess_tag) for one pin."""
+    def sealed_pairs(
+        self, pin_key: str, plate_ids: Collection[str] | None = None
+    ) -> dict[tuple[str, str, str], SealedPair]:
+        """Latest sealed pair per (plate_id, plate_sha256, preprocess_tag) for one pin; only
+        those of ``plate_ids`` when given (a step's plates: building an object for every pair
+        of a 100k-plate store made the lookup grow worse than linearly, bench/scale.py)."""
         found: dict[tuple[str, str, str], SealedPair] = {}
         for manifest in self.manifests():
             for pair in manifest.pairs:
-                if pair["pin_key"] == pin_key:
+                if pair["pin_key"] == pin_key and (plate_ids is None or pair["plate_id"] in plate_ids):
                     key = (pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"])
                     found[key] = manifest.sealed_pair(pair)
         return found

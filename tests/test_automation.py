@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
+from awb_dagster.assets.automation import DEFAULT_MAX_RETRIES
 from awb_dagster.assets.pins import pin_status
 from awb_dagster.assets.plates import catalog_digest, plate_and_pin_sensor
 from awb_dagster.cli import main
@@ -25,6 +26,7 @@ from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.pin_status import pin_statuses
 from awb_dagster.resources import AwbHome, HubResource
+from awb_dagster.runner import materialize_family
 
 DINOV2 = "awb-demo/tiny-dinov2"
 ASSET = dg.AssetKey("dinov2_embeddings")
@@ -202,3 +204,70 @@ def test_retire_names_an_unknown_pin_key(tmp_path, capsys):
         main(["pin", "--retire", "demo-tiny-dinov2@0000000000", "--home", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "demo-tiny-dinov2@0000000000" in capsys.readouterr().err
+
+
+def _home_with_plates(private_hub, tmp_path, capsys):
+    """A home with the tiny DINOv2 pinned and three plates registered; returns what the ticks need."""
+    home_dir = tmp_path / "home"
+    plates_dir = tmp_path / "plates"
+    plates_dir.mkdir()
+    for name in PLATES:
+        shutil.copy(SAMPLE_PLATES_DIR / name, plates_dir / name)
+    pin = pinned_key(awb(capsys, "pin", DINOV2, "--endpoint", private_hub.endpoint, "--home", str(home_dir)))
+    awb(capsys, "plates", "add", str(plates_dir), "--home", str(home_dir))
+    resource = AwbHome(home=str(home_dir))
+    instance = open_instance(HomePaths(home_dir))
+    defs = build_definitions(home=str(home_dir), endpoint=private_hub.endpoint, automation_cron=CRON)
+    return pin, plates_dir, resource, instance, defs
+
+
+def test_first_plate_observation_after_sealed_runs_requests_nothing(private_hub, tmp_path, capsys):
+    """`awb demo` seals and materializes before the UI's plate sensor first observes plate_files:
+    that first observation is a change for Dagster, but every plate's bytes are sealed."""
+    pin, _, resource, instance, defs = _home_with_plates(private_hub, tmp_path, capsys)
+    plates = list(resource.catalog().plates.values())
+    run = resource.store().open_run(kind="dinov2-embeddings")
+    artifact = run.write_bytes("records.bin", b"sealed elsewhere")
+    for plate in plates:
+        run.add_pair(plate_id=plate.plate_id, plate_sha256=plate.sha256, pin_key=pin, preprocess_tag="tag",
+                     record_ids=[f"record-{plate.plate_id}"], artifact=artifact)  # fmt: skip
+    run.seal()
+    materialized(instance, {f"{pin}|{plate.plate_id}" for plate in plates})
+
+    ticks = Ticks(defs, instance)
+    assert ticks.at(0, 1) == set()
+    assert defs.resolve_job_def("observe_plate_files").execute_in_process(instance=instance).success  # first observation
+    assert ticks.at(0, 3) == set()
+
+
+def test_a_failing_partition_is_retried_a_bounded_number_of_times(private_hub, tmp_path, capsys):
+    pin, plates_dir, resource, instance, defs = _home_with_plates(private_hub, tmp_path, capsys)
+    broken = next(plate for plate in resource.catalog().plates.values() if plate.path.name == PLATES[1])
+    others = {f"{pin}|{p}" for p in resource.catalog().plates if p != broken.plate_id}
+    materialized(instance, others)
+    keep = tmp_path / "kept.jpg"
+    shutil.move(broken.path, keep)  # its runs fail: the plate file is gone
+    key = f"{pin}|{broken.plate_id}"
+
+    def failing_run() -> None:
+        (run,) = materialize_family(defs, instance, "dinov2", pin, [broken.plate_id], log_level="ERROR")
+        assert not run.success
+
+    ticks = Ticks(defs, instance)
+    assert ticks.at(0, 1) == set()  # first evaluation: no cron tick has passed yet
+    assert ticks.at(0, 3) == {key}  # missing
+    failing_run()
+    for day in range(1, 1 + DEFAULT_MAX_RETRIES):
+        assert ticks.at(day, 3) == {key}, f"retry {day}"
+        failing_run()
+    assert ticks.at(1 + DEFAULT_MAX_RETRIES, 3) == set()  # shown as failed, no longer requested
+    assert ticks.at(2 + DEFAULT_MAX_RETRIES, 3) == set()
+
+    # Something changed: the plate's bytes. It is requested again.
+    with Image.open(keep) as image:
+        edited = image.copy()
+    edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
+    edited.save(plates_dir / PLATES[1])
+    awb(capsys, "plates", "add", str(plates_dir), "--home", str(resource.home))
+    assert resource.catalog().plates[broken.plate_id].sha256 != broken.sha256
+    assert ticks.at(3 + DEFAULT_MAX_RETRIES, 3) == {key}

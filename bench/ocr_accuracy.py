@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from awb_dagster.instruments.plate_label import parse_label
+from awb_dagster.instruments.plate_label import PARSER_VERSION, parse_label
 from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
 from awb_dagster.registry.model import Registry
 from awb_dagster.registry.tesseract_install import capture_tesseract_pin
@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split:8} plates {figures['plates']}: plate number {figures['plate_number_ok']}, binomial word "
               f"{figures['binomial_word_ok']} (in any OCR word {figures['binomial_word_in_ocr']})")  # fmt: skip
     if args.json:
-        payload = {"preprocess_tag": reader.preprocess_tag, "pin": reader.pin.key, "rows": rows, "summary": totals}
+        payload = {
+            "preprocess_tag": reader.preprocess_tag, "parser": PARSER_VERSION, "pin": reader.pin.key,
+            "command": " ".join(["python", "bench/ocr_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
+            "rows": rows, "summary": totals,
+        }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

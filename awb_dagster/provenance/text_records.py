@@ -2,7 +2,7 @@
 
 Text record (:func:`text_schema`), ``record_id`` of scope ``plate``, region ``text``:
 
-- ``text``: the recognised text, words joined by spaces, lines by newlines (zone order);
+- ``text``: the recognised text of every read, words joined by spaces, lines by newlines;
 - ``prompt_id`` / ``prompt_version`` / ``prompt_sha256``: the registry prompt a model ran with
   (null for Tesseract, which takes none); ``decoding``: JSON of the declared decoding parameters
   (null for Tesseract); ``token_count``: words for OCR, generated tokens for a model;
@@ -15,7 +15,7 @@ Text record (:func:`text_schema`), ``record_id`` of scope ``plate``, region ``te
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -99,11 +99,13 @@ def check_text_pairs(
     return outcomes
 
 
-def _failer(name: str, record_id: str, plate_id: str):
+def _failer(name: str, record_id: str, plate_id: str) -> Callable[[str], Failure]:
     return lambda detail: Failure(name, detail, record_id, plate_id)
 
 
-def _check_words(row: dict, width: int | None, height: int | None, outcomes: dict[str, CheckOutcome], fail) -> None:
+def _check_words(
+    row: dict, width: int | None, height: int | None, outcomes: dict[str, CheckOutcome], fail: Callable[[str], Failure]
+) -> None:
     boxes, confidences = outcomes[BOXES_INSIDE_PLATE], outcomes[CONFIDENCES_IN_RANGE]
     for word in row["words"] or []:
         boxes.checked += 1

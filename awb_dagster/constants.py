@@ -14,6 +14,8 @@ TEXTURE_FAMILIES = ("convnet",)
 # Classifier probes (seed 7.3, 7.4): logits with label names, measured axes, never authority.
 PROBE_FAMILIES = ("wikiart", "emotion")
 GROUP_PROBES = "probes"
+# Scalar probes fed by sealed CLIP embedding records (seed 7.1: the improved aesthetic predictor).
+SCORE_FAMILIES = ("aesthetic",)
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

@@ -86,6 +86,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-sam-hq": ("sam-hq", None, 64),
     "awb-demo/tiny-mask2former": ("mask2former", None, 64),
     "awb-demo/tiny-wikiart-convnext": ("wikiart", 5, 32),
+    "awb-demo/tiny-aesthetic-mlp": ("aesthetic", None, None),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -241,7 +242,12 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert inst.license, "license must be recorded, `unknown` where undeclared"
     runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
-    assert inst.sealed_runs == (inst.family in runnable or (inst.family == "emotion" and inst.library == "transformers"))
+    # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
+    assert inst.sealed_runs == (
+        inst.family in runnable
+        or (inst.family == "emotion" and inst.library == "transformers")
+        or (inst.family == "aesthetic" and inst.demo)
+    )
     if inst.output_kind == "vector":
         assert inst.expected_dim
 

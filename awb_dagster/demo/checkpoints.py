@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -28,9 +28,10 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-sam-hq": "sam-hq",
     "awb-demo/tiny-mask2former": "mask2former",
     "awb-demo/tiny-wikiart-convnext": "convnext-classifier",
+    "awb-demo/tiny-aesthetic-mlp": "aesthetic-mlp",
 }
 
-DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
+DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "clip": "zero-shot-image-classification",
     "siglip": "zero-shot-image-classification",
     "dinov2": "image-feature-extraction",
@@ -38,6 +39,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str] = {
     "sam-hq": "mask-generation",
     "mask2former": "image-segmentation",
     "convnext-classifier": "image-classification",
+    "aesthetic-mlp": None,  # none declared, as for camenduru/improved-aesthetic-predictor
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -216,10 +218,31 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
 }
 
 
+# The tiny aesthetic MLP's weight file (roster weight_id): a torch.save state dict, as the real repo's .pth files.
+DEMO_AESTHETIC_MLP_FILE = "tiny-aesthetic-mlp-linearMSE.pth"
+
+
+def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
+    """improved-aesthetic-predictor's MLP over the tiny CLIP's 32-d embeddings, as a .pth state dict."""
+    import io
+
+    import torch
+
+    from awb_dagster.instruments.aesthetic_mlp import aesthetic_mlp
+
+    buffer = io.BytesIO()
+    torch.save(aesthetic_mlp(32).state_dict(), buffer)
+    return {DEMO_AESTHETIC_MLP_FILE: buffer.getvalue()}
+
+
 def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
     """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``."""
     import torch
 
+    if kind == "aesthetic-mlp":  # not a transformers model: one weight file, no config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _tiny_aesthetic_mlp_files()
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):
@@ -242,7 +265,7 @@ def publish_demo_repos(
             build_tiny_repo(kind, seed=seed),
             license=DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE),
             pipeline_tag=DEMO_PIPELINE_TAGS[kind],
-            library_name="transformers",
+            library_name=None if kind == "aesthetic-mlp" else "transformers",
         )
         for repo_id, kind in DEMO_REPOS.items()
         if repo_id in wanted

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from awb_dagster.constants import OCR_FAMILIES
 from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.engine.producer import Producer
+from awb_dagster.producers.aesthetic import AestheticProducer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
@@ -22,6 +23,7 @@ _SEGMENTS = SegmentProducer()
 _TILES = TileProducer()
 _OCR = OcrProducer()
 _CONVNET = ConvNetProducer()
+_AESTHETIC = AestheticProducer()
 
 # Roster family -> the producer that runs its pins (SAM-HQ pins run on the SAM producer).
 FAMILY_PRODUCERS: dict[str, Producer] = {
@@ -31,6 +33,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{family: _OCR for family in OCR_FAMILIES},
     _CONVNET.family: _CONVNET,
     **{producer.family: producer for producer in PROBE_PRODUCERS},
+    _AESTHETIC.family: _AESTHETIC,
 }
 
 

@@ -38,6 +38,7 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         "scope": record.get("scope", "segment" if "mask_sha256" in record else None),
         "region_ref": record.get("region_ref"),
         "vector_dim": record.get("vector_dim"),
+        "score": record.get("score"),
         "mask": {k: record[k] for k in ("mask_sha256", "bbox", "area")} if "mask_sha256" in record else None,
         # Class-area records (semantic_segmentation): one class of one plate's class map.
         "class": {k: record[k] for k in ("class_id", "label", "pixel_count", "class_map_path", "class_map_sha256")}
@@ -62,6 +63,8 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
             if record.get("scope") == "segment" and record.get("region_ref")
             else None
         ),
+        # A CLIP-fed probe's score names the embedding record it scored: its own lineage (embedding -> CLIP pin -> plate).
+        "embedding": lineage(store, record["embedding_ref"]) if record.get("embedding_ref") else None,
         "preprocess_tag": pair.preprocess_tag,
         "run_id": pair.run_id,
         "dagster_run_id": pair.dagster_run_id,

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from awb_dagster.provenance.checks import CheckOutcome, Failure
 from awb_dagster.provenance.records import RECORD_FIELDS
-from awb_dagster.provenance.store import SealedPair
+from awb_dagster.provenance.store import RunStore, SealedPair, StoreError
 
 PROBABILITY_SUM_TOLERANCE = 1e-4  # float32 softmax rows sum to 1 within ~1e-6
 
@@ -111,4 +111,61 @@ def check_probe_pairs(pairs: Sequence[SealedPair], declared: Mapping[str, tuple[
             total = float(probabilities.sum())
             if abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE:
                 fail(PROBE_PROBABILITIES_SUM_TO_ONE, record, f"probabilities sum to {total:.6f}")
+    return outcomes
+
+
+# --- scalar probes fed by embedding records ----------------------------------------------------
+
+SCORES_FINITE = "scores_finite"
+EMBEDDING_REFS_RESOLVE = "embedding_refs_resolve"
+SCORE_CHECK_DESCRIPTIONS = {
+    SCORES_FINITE: "Every score of the materialized records is finite.",
+    EMBEDDING_REFS_RESOLVE: "Every record's `embedding_ref` is a sealed embedding record of the same plate "
+    "(same plate sha256) made by the CLIP pin named in `embedding_pin`.",
+}
+
+
+def score_schema() -> pa.Schema:
+    """A scalar probe record: the score, the embedding record it scored, and its calibration."""
+    return pa.schema([*RECORD_FIELDS, ("scope", pa.string()), ("score", pa.float32()), ("embedding_ref", pa.string()),
+                      ("embedding_pin", pa.string()), ("calibration", pa.string())])  # fmt: skip
+
+
+def score_table(rows: list[dict], scores: np.ndarray) -> pa.Table:
+    """``rows`` carry the record fields plus ``embedding_ref``, ``embedding_pin`` and ``calibration``."""
+    if len(scores) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(scores)} scores")
+    columns = {name: [row[name] for row in rows] for name in score_schema().names if name not in ("scope", "score")}
+    columns.update(scope=["plate"] * len(rows), score=[float(s) for s in scores])
+    return pa.table({name: columns[name] for name in score_schema().names}, schema=score_schema())
+
+
+def check_score_pairs(store: RunStore, pairs: Sequence[SealedPair]) -> dict[str, CheckOutcome]:
+    """Finite scores, and embedding refs that resolve to sealed records of the same plate and pin."""
+    outcomes = {name: CheckOutcome(name) for name in SCORE_CHECK_DESCRIPTIONS}
+    by_artifact: dict[str, list[SealedPair]] = {}
+    for pair in pairs:
+        by_artifact.setdefault(str(pair.artifact_path), []).append(pair)
+    for path, artifact_pairs in by_artifact.items():
+        name = f"{artifact_pairs[0].run_id}/{artifact_pairs[0].artifact}"
+        plate_of = {record: pair for pair in artifact_pairs for record in pair.record_ids}
+        for outcome in outcomes.values():
+            outcome.checked += len(plate_of)
+        table = pq.read_table(path, filters=[("record_id", "in", list(plate_of))])
+        for row in table.to_pylist():
+            pair = plate_of[row["record_id"]]
+
+            def fail(check: str, detail: str) -> None:
+                outcomes[check].failures.append(Failure(name, detail, row["record_id"], pair.plate_id))
+
+            if row["score"] is None or not np.isfinite(row["score"]):
+                fail(SCORES_FINITE, f"score {row['score']}")
+            try:
+                _, upstream = store.find_record(row["embedding_ref"])
+            except StoreError as exc:  # the ref names no sealed record
+                fail(EMBEDDING_REFS_RESOLVE, str(exc))
+                continue
+            if (upstream.plate_sha256, upstream.pin_key) != (pair.plate_sha256, row["embedding_pin"]):
+                fail(EMBEDDING_REFS_RESOLVE, f"embedding {row['embedding_ref']} is of plate {upstream.plate_id} "
+                     f"by pin {upstream.pin_key}, not of this plate by {row['embedding_pin']}")  # fmt: skip
     return outcomes

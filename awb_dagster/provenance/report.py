@@ -21,6 +21,8 @@ def _record_shape(info: Mapping) -> str:
     semantic = info.get("class")
     if semantic:
         return f"class {semantic['class_id']} {semantic['label']!r}, {semantic['pixel_count']} pixels"
+    if info.get("score") is not None:
+        return f"score {info['score']:.6g}"
     return f"{info['vector_dim']}-d"
 
 
@@ -54,4 +56,8 @@ def format_lineage(info: Mapping) -> str:
     if region:
         lines.append("region      the mask this segment was cut from:")
         lines.extend("  " + line for line in format_lineage(region).splitlines())
+    embedding = info.get("embedding")
+    if embedding:
+        lines.append("embedding   the embedding record this score was computed from:")
+        lines.extend("  " + line for line in format_lineage(embedding).splitlines())
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
@@ -63,6 +64,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
     _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
+    _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
@@ -70,6 +72,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._segmenters = {}
         self._convnets = {}
         self._classifiers = {}
+        self._mlps = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -161,6 +164,21 @@ class InstrumentsResource(dg.ConfigurableResource):
             )  # fmt: skip
         return self._classifiers[pin_key]
 
+    def aesthetic_mlp(self, pin_key: str) -> AestheticMlp:
+        """The loaded CLIP-fed aesthetic MLP for ``pin_key`` after the gates."""
+        if pin_key not in self._mlps:
+            try:
+                instrument, pin = self._admitted(pin_key, "aesthetic")
+            except LicenseOptInError as exc:
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
+                ) from exc
+            self._mlps[pin_key] = AestheticMlp(
+                instrument, pin, cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline
+            )
+        return self._mlps[pin_key]
+
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
         license per weight: ``unknown`` needs the opt-in, as for a flagged hub model)."""
@@ -202,4 +220,5 @@ class InstrumentsResource(dg.ConfigurableResource):
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        return len(self._loaded) + len(self._generators) + len(self._segmenters) + len(self._convnets) + len(self._classifiers)
+        caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps)
+        return sum(len(cache) for cache in caches)

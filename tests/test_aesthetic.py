@@ -1,0 +1,89 @@
+"""The CLIP-fed aesthetic MLP (seed 7.1): it reads the sealed clip_embeddings records of the CLIP it
+was trained on (never recomputes them), its lineage runs score -> embedding -> plate, and a missing
+CLIP pin or embedding is an error naming the pin."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from awb_dagster.assets.factory import job_name
+from awb_dagster.provenance.lineage import lineage
+from awb_dagster.provenance.probes import check_score_pairs
+from awb_dagster.provenance.report import format_lineage
+from awb_dagster.runner import materialize_pin_ranges
+from demo_homes import DemoHome, make_demo_home
+
+MLP = "awb-demo/tiny-aesthetic-mlp"
+CLIP = "awb-demo/tiny-clip"
+ASSET = "aesthetic_scores"
+
+
+def run(home: DemoHome, asset: str, pin_key: str, plate_ids=None):
+    return materialize_pin_ranges(home.defs, home.instance, job_name(asset), asset, {}, pin_key, plate_ids)
+
+
+def step_failure(home: DemoHome, dagster_run_id: str) -> str:
+    """The failed step's message: a dg.Failure's description, else the error raised."""
+    (failure,) = home.instance.all_logs(dagster_run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    data = failure.dagster_event.step_failure_data
+    if data.user_failure_data:
+        return data.user_failure_data.description
+    error, messages = data.error, []
+    while error is not None:  # the error the producer raised is the cause of Dagster's step error
+        messages.append(error.message)
+        error = error.cause
+    return " ".join(messages)
+
+
+@pytest.fixture(scope="module")
+def aesthetic_home(loopback_hub, tmp_path_factory) -> DemoHome:
+    return make_demo_home(loopback_hub, tmp_path_factory, "aesthetic", [MLP, CLIP])
+
+
+def test_a_plate_without_the_clip_embedding_fails_naming_the_pin(aesthetic_home):
+    plate_id = sorted(aesthetic_home.catalog.plates)[0]
+    (result,) = run(aesthetic_home, ASSET, aesthetic_home.pins[MLP], [plate_id])
+    assert not result.success
+    message = step_failure(aesthetic_home, result.dagster_run_id)
+    assert f"no sealed clip_embeddings record of pin {aesthetic_home.pins[CLIP]}" in message
+
+
+@pytest.fixture(scope="module")
+def scored(aesthetic_home):
+    assert all(r.success for r in run(aesthetic_home, "clip_embeddings", aesthetic_home.pins[CLIP]))
+    runs = run(aesthetic_home, ASSET, aesthetic_home.pins[MLP])
+    assert len(runs) == 1 and runs[0].success
+    return runs[0]
+
+
+def test_scores_point_at_the_embedding_records_they_read(aesthetic_home, scored):
+    store = aesthetic_home.store
+    pairs = list(store.sealed_pairs(aesthetic_home.pins[MLP]).values())
+    assert {p.plate_id for p in pairs} == set(aesthetic_home.catalog.plates)  # awkward plates included
+    clip_records = {r for p in store.sealed_pairs(aesthetic_home.pins[CLIP]).values() for r in p.record_ids}
+    rows = pq.read_table(pairs[0].artifact_path).to_pylist()
+    for row in rows:
+        assert row["embedding_ref"] in clip_records and row["embedding_pin"] == aesthetic_home.pins[CLIP]
+        assert np.isfinite(row["score"]) and f"clip_pin={aesthetic_home.pins[CLIP]}" in row["preprocess_tag"]
+    outcomes = check_score_pairs(store, pairs)
+    assert all(o.passed and o.checked == len(pairs) for o in outcomes.values())
+
+
+def test_lineage_runs_score_embedding_plate(aesthetic_home, scored):
+    pair = next(iter(aesthetic_home.store.sealed_pairs(aesthetic_home.pins[MLP]).values()))
+    info = lineage(aesthetic_home.store, pair.record_ids[0])
+    assert info["model"]["model_id"] == MLP and info["embedding"]["model"]["model_id"] == CLIP
+    assert info["embedding"]["plate"]["sha256"] == info["plate"]["sha256"] == pair.plate_sha256
+    text = format_lineage(info)
+    assert "embedding   the embedding record this score was computed from:" in text and "32-d" in text
+
+
+def test_without_a_clip_pin_the_step_fails_naming_the_model_to_pin(loopback_hub, tmp_path_factory):
+    home = make_demo_home(loopback_hub, tmp_path_factory, "aesthetic-no-clip", [MLP])
+    (result,) = run(home, ASSET, home.pins[MLP], [sorted(home.catalog.plates)[0]])
+    assert not result.success
+    message = step_failure(home, result.dagster_run_id)
+    assert f"scores the embeddings of {CLIP}, which has no active pin" in message and f"awb pin {CLIP}" in message

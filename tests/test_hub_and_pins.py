@@ -265,7 +265,7 @@ def test_offline_mode_is_unreachable(
 
 
 def test_non_hub_weights_are_not_pinnable_through_the_hub(registry: Registry) -> None:
-    for source in ("torchvision", "tesseract"):
+    for source in ("torchvision",):  # tesseract pins the installed engine (test_ocr.py)
         inst = next(e.instrument for e in registry.entries if e.instrument.source == source)
         with pytest.raises(NotPinnableError, match=r"library version \+ weight id \+ sha256"):
             capture_pin(inst)

@@ -24,6 +24,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos, write_tiny_convnext
     from awb_dagster.demo.hub import LoopbackHub
+    from awb_dagster.demo.probes import probe_summary
     from awb_dagster.instance import open_instance
     from awb_dagster.provenance.lineage import lineage
     from awb_dagster.registry.lock import PinLock
@@ -114,6 +115,9 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         if ocr_pin and not ocr_summary(defs, instance, ocr_pin, plate_ids, _say):
             return 1
+        probe_record = probe_summary(defs, instance, registry, home_resource.store(), _say)
+        if probe_record is None:
+            return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))
         _say(f"\nlineage of one embedding (awb lineage {pair.record_ids[0]} --home {paths.root}):")
@@ -121,6 +125,9 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         if segment_record:
             _say(f"\nlineage of one segment embedding (awb lineage {segment_record} --home {paths.root}):")
             _say(format_lineage(lineage(home_resource.store(), segment_record)))
+        if probe_record:
+            _say(f"\nlineage of one CLIP-fed probe score (awb lineage {probe_record} --home {paths.root}):")
+            _say(format_lineage(lineage(home_resource.store(), probe_record)))
         _say(f"\nopen the UI on this home: awb ui --home {paths.root}")
     return 0
 

@@ -3,80 +3,24 @@ partition order allows (one run per contiguous range of plates for one pin).
 
 These runs execute in the calling process, so the daemon's run monitoring cannot see their
 worker die. Each run is tagged with its process (``awb/host``, ``awb/pid``, ``awb/pid_started``)
-and, before running, :func:`fail_runs_of_dead_processes` marks the runs of processes that are gone
-failed and frees their ``gpu`` pool slots: a ``kill -9`` never wedges the home.
+and, before running, ``fail_runs_of_dead_processes`` (awb_dagster/instance.py) marks the runs of
+processes that are gone failed and frees their ``gpu`` pool slots: a ``kill -9`` never wedges
+the home.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import signal
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
 from awb_dagster.assets.factory import job_name
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
-
-HOST_TAG = "awb/host"
-PID_TAG = "awb/pid"
-PID_STARTED_TAG = "awb/pid_started"  # the process's start time (clock ticks since boot): pids are reused
-_ACTIVE_STATUSES = [
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def _process_started(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time), or None where /proc does not say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def process_tags() -> dict[str, str]:
-    """Tags naming the process that executes a run in-process."""
-    pid = os.getpid()
-    return {HOST_TAG: platform.node(), PID_TAG: str(pid), PID_STARTED_TAG: _process_started(pid) or ""}
-
-
-def _process_alive(pid: int, started: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    now = _process_started(pid)
-    return not (started and now is not None and now != started)  # same pid, another process
-
-
-def fail_runs_of_dead_processes(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the unfinished runs that a process of this host executed in-process and that
-    process is gone (killed, crashed), and free their pool slots. Returns their run ids."""
-    host = platform.node()
-    failed = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES, tags={HOST_TAG: host})):
-        pid_text = run.tags.get(PID_TAG, "")
-        if not pid_text.isdigit() or _process_alive(int(pid_text), run.tags.get(PID_STARTED_TAG, "")):
-            continue
-        instance.report_run_failed(
-            run,
-            message=f"the process {pid_text} on {host} that executed this run is gone (killed or crashed); awb "
-            "marked the run failed and freed its pool slots. Its sealed chunks stay; a re-run completes the rest.",
-        )
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        failed.append(run.run_id)
-    return failed
+from awb_dagster.instance import fail_runs_of_dead_processes, process_tags
 
 
 class SignalStop:

@@ -19,9 +19,13 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
+import yaml
 from PIL import Image
 
-from awb_dagster.runner import PID_TAG, materialize_family
+from awb_dagster.instance import PID_TAG
+from awb_dagster.paths import REPO_ROOT
+from awb_dagster.runner import materialize_family
 from demo_homes import make_demo_home
 
 CLIP = "awb-demo/tiny-clip"
@@ -111,3 +115,10 @@ def test_sigterm_and_kill_9_mid_run_lose_at_most_a_chunk(loopback_hub, tmp_path_
     (result,) = materialize_family(clean.defs, clean.instance, "clip", clean.pin_key)
     assert result.success
     assert set(after) == set(sealed_record_ids(clean))
+
+
+@pytest.mark.parametrize("yaml_name", ["dagster.yaml", "dagster.sqlite.yaml", "dagster.postgres.yaml"])
+def test_instance_yamls_monitor_runs_and_free_slots(yaml_name):
+    monitoring = yaml.safe_load((REPO_ROOT / yaml_name).read_text())["run_monitoring"]
+    assert monitoring["enabled"] and monitoring["free_slots_after_run_end_seconds"] > 0
+    assert monitoring["max_resume_run_attempts"] == 0  # a dead GPU run is failed, never resumed half-way

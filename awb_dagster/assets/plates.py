@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
+from awb_dagster.instance import fail_runs_of_dead_processes
 from awb_dagster.partitions import (
     pins_partition_families,
     pins_partitions_name,
@@ -138,12 +139,17 @@ def catalog_digest(catalog: PlateCatalog) -> str:
 
 @dg.sensor(
     description="Rescans the registered plate folders and the pin lock; registers new plate and "
-    "pin partitions, and observes plate_files when any plate was added or changed.",
+    "pin partitions, and observes plate_files when any plate was added or changed. Marks failed "
+    "the runs of `awb run` processes that died (freeing their gpu slot).",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     job=observe_plate_files_job,
 )
 def plate_and_pin_sensor(context: dg.SensorEvaluationContext, home: AwbHome) -> dg.SensorResult:
+    # The daemon's run monitoring cannot see an `awb run` process die: its runs are failed here
+    # (their gpu slot freed) on the first tick after, so the UI's runs do not wait for them.
+    for run_id in fail_runs_of_dead_processes(context.instance):
+        context.log.warning(f"dagster run {run_id}: its awb process is gone; marked failed, its gpu slot freed")
     catalog, result = scan_plates(home)
     requests = [
         dg.AddDynamicPartitionsRequest(name, keys)

@@ -1,0 +1,189 @@
+"""How the bookkeeping grows with the corpus: N small synthetic plates, one pin.
+
+For each size N, in a fresh home (embedded PostgreSQL instance, tiny DINOv2 pinned from a
+loopback hub), it times:
+
+- ``plates_add``: ``awb plates add DIR`` over N new 8x8 PNG plates (scan, sha256, catalog save,
+  partition registration); ``plates_add_again``: the same with nothing changed;
+- ``partition_sync``: ``sync_partitions`` with every key already known (what the plate sensor
+  does on each tick);
+- ``automation_tick``: one ``evaluate_automation_conditions`` of the family asset after a cron
+  tick, with no partition materialized yet (it requests all N);
+- ``sealed_pairs``: ``RunStore.sealed_pairs(pin)``, every sealed pair of the pin, over synthetic
+  sealed runs of 1,000 plates each covering all N plates; ``sealed_pairs_step``: the lookup a
+  step does to reuse sealed pairs, for its own 64 plates (``plate_ids=``);
+- ``find_record`` and ``lineage``: one record of the last run (``awb lineage``'s work).
+
+Each figure is one measurement in seconds (lookups: the fastest of three) after the setup of
+that size; divided by N, a row that grows worse than linearly shows a rising per-plate figure.
+Not measured here: the GraphQL query behind the asset's partitions page (needs the webserver).
+
+    .venv/bin/python bench/scale.py --sizes 1000 10000
+    .venv/bin/python bench/scale.py --sizes 10000 100000 --out bench/results-cpu/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from awb_dagster.assets.plates import sync_partitions
+from awb_dagster.cli import main
+from awb_dagster.definitions import build_definitions
+from awb_dagster.demo import LoopbackHub, build_tiny_repo
+from awb_dagster.demo.checkpoints import DEMO_LICENSE, DEMO_PIPELINE_TAGS
+from awb_dagster.instance import home_instance
+from awb_dagster.paths import HomePaths
+from awb_dagster.provenance.lineage import lineage
+from awb_dagster.registry.lock import PinLock
+from awb_dagster.resources import AwbHome
+
+MODEL, KIND, ASSET = "awb-demo/tiny-dinov2", "dinov2", "dinov2_embeddings"
+RUN_PLATES = 1000  # plates per synthetic sealed run
+STEP_PLATES = 64  # plates of one shard (deploy/k8s: AWB_MAX_PARTITIONS_PER_RUN=64)
+LOOKUP_REPEATS = 3  # lookups (sync, sealed pairs, find_record, lineage): the fastest of three
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
+    """The fastest of ``repeats`` calls (seconds) and the last call's value."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def write_plates(folder: Path, count: int) -> None:
+    """``count`` distinct 8x8 RGB PNGs (the index is in the pixels, so every sha256 differs)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    for index in range(count):
+        pixels = base.copy()
+        pixels[0, :4, 0] = np.frombuffer(index.to_bytes(4, "big"), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"plate_{index:07d}.png", optimize=False)
+
+
+def seal_synthetic_runs(home: AwbHome, pin_key: str) -> str:
+    """Sealed runs of RUN_PLATES plates each over the whole catalog; returns the last record id."""
+    store, catalog = home.store(), home.catalog()
+    plates = sorted(catalog.plates.values(), key=lambda plate: plate.plate_id)
+    record_id = ""
+    for start in range(0, len(plates), RUN_PLATES):
+        chunk = plates[start : start + RUN_PLATES]
+        run = store.open_run(kind="bench-scale", device="cpu")
+        pin = PinLock.load(home.paths.lock).find_key(pin_key)
+        run.add_instrument(
+            {"pin_key": pin_key, "model_id": MODEL, "sha": pin.sha, "license": DEMO_LICENSE, "failure_modes": []}
+        )
+        ids = [f"bench-{plate.sha256[:24]}" for plate in chunk]
+        table = pa.table(
+            {
+                "record_id": ids,
+                "plate_id": [plate.plate_id for plate in chunk],
+                "pin_key": [pin_key] * len(chunk),
+                "vector_dim": [4] * len(chunk),
+            }
+        )
+        artifact = run.write_table("records", table)
+        for plate, rid in zip(chunk, ids, strict=True):
+            run.add_plate(plate.to_json())
+            run.add_pair(
+                plate_id=plate.plate_id, plate_sha256=plate.sha256, pin_key=pin_key,
+                preprocess_tag="bench", record_ids=[rid], artifact=artifact,
+            )  # fmt: skip
+        run.seal()
+        record_id = ids[-1]
+    return record_id
+
+
+def measure(size: int, root: Path, endpoint: str) -> dict[str, float]:
+    home_dir, plates_dir = root / "home", root / "plates"
+    write_plates(plates_dir, size)
+    home_args = ["--home", str(home_dir)]
+    assert main(["pin", MODEL, "--endpoint", endpoint, *home_args]) == 0
+    figures: dict[str, float] = {}
+    figures["plates_add"], code = timed(lambda: main(["plates", "add", str(plates_dir), *home_args]))
+    assert code == 0
+    figures["plates_add_again"], _ = timed(lambda: main(["plates", "add", str(plates_dir), *home_args]))
+    home = AwbHome(home=str(home_dir))
+    pin_key = PinLock.load(home.paths.lock).pins_for(MODEL)[-1].key
+    with home_instance(HomePaths(home_dir)) as instance:
+        figures["partition_sync"], added = timed(lambda: sync_partitions(instance, home), LOOKUP_REPEATS)
+        assert not added, added
+        defs = build_definitions(home=str(home_dir), endpoint=endpoint)
+        # Two evaluations carrying the cursor, before and after the nightly 02:00 UTC cron tick:
+        # the first only starts the cursor, the second is the tick that requests (timed).
+        tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        selection = dg.AssetSelection.assets(ASSET)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            before = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, asset_selection=selection, evaluation_time=tomorrow + timedelta(hours=1)
+            )
+            figures["automation_tick"], result = timed(
+                lambda: dg.evaluate_automation_conditions(
+                    defs=defs, instance=instance, asset_selection=selection,
+                    evaluation_time=tomorrow + timedelta(hours=2, minutes=5), cursor=before.cursor,
+                )  # fmt: skip
+            )
+        figures["automation_requested"] = result.total_requested
+    last_record = seal_synthetic_runs(home, pin_key)
+    store = home.store()
+    figures["sealed_pairs"], pairs = timed(lambda: store.sealed_pairs(pin_key), LOOKUP_REPEATS)
+    assert len(pairs) == size, (len(pairs), size)
+    step_plates = {plate_id for plate_id, _, _ in sorted(pairs)[:: max(1, size // STEP_PLATES)][:STEP_PLATES]}
+    figures["sealed_pairs_step"], step_pairs = timed(
+        lambda: store.sealed_pairs(pin_key, plate_ids=step_plates), LOOKUP_REPEATS
+    )
+    assert len(step_pairs) == STEP_PLATES, len(step_pairs)
+    figures["find_record"], _ = timed(lambda: store.find_record(last_record), LOOKUP_REPEATS)
+    figures["lineage"], _ = timed(lambda: lineage(store, last_record), LOOKUP_REPEATS)
+    return figures
+
+
+def main_bench() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"host": platform.node(), "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="awb-scale-") as tmp:
+        hub = LoopbackHub(Path(tmp) / "hub")
+        hub.add_commit(
+            MODEL, build_tiny_repo(KIND, seed=0), license=DEMO_LICENSE,
+            pipeline_tag=DEMO_PIPELINE_TAGS[KIND], library_name="transformers",
+        )  # fmt: skip
+        endpoint = hub.start()
+        try:
+            for size in args.sizes:
+                figures = measure(size, Path(tmp) / f"n{size}", endpoint)
+                results["sizes"][size] = figures
+                print(f"\n{size} plates:")
+                for name, seconds in figures.items():
+                    if name == "automation_requested":
+                        print(f"  {name:20s} {seconds:>10.0f}")
+                    else:
+                        print(f"  {name:20s} {seconds:10.3f} s  {seconds / size * 1e6:10.1f} us/plate")
+        finally:
+            hub.stop()
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main_bench()

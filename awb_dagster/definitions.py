@@ -18,6 +18,7 @@ from awb_dagster.assets.automation import DEFAULT_AUTOMATION_CRON, automation_se
 from awb_dagster.assets.drift import pin_drift_report
 from awb_dagster.assets.factory import build_family_asset, job_name
 from awb_dagster.assets.pins import DEFAULT_PIN_STATUS_CRON, pin_status, pin_status_schedule
+from awb_dagster.assets.probe_axes import probe_axes
 from awb_dagster.producers import producers_for
 from awb_dagster.registry.model import Registry
 from awb_dagster.resources.settings import build_resources
@@ -43,7 +44,7 @@ def build_definitions(
     ]
     jobs = [dg.define_asset_job(job_name(asset.key.path[-1]), selection=[asset]) for asset in family_assets]
     return dg.Definitions(
-        assets=[plate_catalog, plate_files, pin_status, *family_assets, *ATLAS_ASSETS, pin_drift_report],
+        assets=[plate_catalog, plate_files, pin_status, *family_assets, *ATLAS_ASSETS, pin_drift_report, probe_axes],
         jobs=jobs,
         schedules=[
             pin_status_schedule(pin_status_cron or os.environ.get("AWB_PIN_STATUS_CRON", DEFAULT_PIN_STATUS_CRON))

@@ -87,3 +87,20 @@ def test_without_a_clip_pin_the_step_fails_naming_the_model_to_pin(loopback_hub,
     assert not result.success
     message = step_failure(home, result.dagster_run_id)
     assert f"scores the embeddings of {CLIP}, which has no active pin" in message and f"awb pin {CLIP}" in message
+
+
+def test_probe_axes_correlate_scores_with_the_map_and_show_the_extremes(aesthetic_home, scored):
+    from awb_dagster.runner import materialize_atlas
+
+    atlas = materialize_atlas(aesthetic_home.defs, aesthetic_home.instance, {"atlas": {"k": 2}}, assets=["atlas"])
+    assert atlas.success
+    result = materialize_atlas(aesthetic_home.defs, aesthetic_home.instance, assets=["probe_axes"])
+    assert result.success
+    metadata = aesthetic_home.instance.get_latest_materialization_event(dg.AssetKey("probe_axes")).asset_materialization.metadata
+    rows = [row.data for row in metadata["correlations"].value.records]
+    clip = aesthetic_home.pins[CLIP]
+    found = {(row["probe_pin"], row["axis"], row["reference"]) for row in rows}
+    assert {(aesthetic_home.pins[MLP], "score", f"PC1 {clip}"), (aesthetic_home.pins[MLP], "score", f"PC2 {clip}")} <= found
+    assert all(row["plates"] == len(aesthetic_home.catalog.plates) for row in rows)
+    assert all(row["spearman_rho"] is None or -1 <= row["spearman_rho"] <= 1 for row in rows)
+    assert "lowest:" in metadata["extremes"].value and "data:image/png;base64," in metadata["extremes"].value

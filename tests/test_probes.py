@@ -123,3 +123,16 @@ def test_an_unknown_license_needs_the_opt_in(probe_home):
     )
     with pytest.raises(dg.Failure, match=r"license 'unknown'.*AWB_LICENSE_OPT_IN"):
         resource.convnet(pin.key)
+
+
+def test_probe_axes_pure_functions():
+    from awb_dagster.atlas.probe_axes import correlate, extremes, neighbour_disagreement, probe_axes
+
+    axes = probe_axes([{"plate_id": p, "labels": ["a", "b"], "probabilities": [v, 1 - v]} for p, v in
+                       (("p1", 0.1), ("p2", 0.5), ("p3", 0.9), ("p4", 0.7))])  # fmt: skip
+    assert set(axes) == {"p(a)", "p(b)"} and axes["p(a)"]["p3"] == pytest.approx(0.9)
+    (up, down) = correlate("pin", {"p(a)": axes["p(a)"]}, {"up": {"p1": 1, "p2": 2, "p3": 4, "p4": 3},
+                                                           "down": {"p1": 4, "p2": 3, "p3": 1, "p4": 2}})  # fmt: skip
+    assert (up.reference, up.rho, down.rho) == ("up", pytest.approx(1.0), pytest.approx(-1.0))
+    assert extremes(axes["p(a)"], 1) == (["p1"], ["p3"])
+    assert neighbour_disagreement({"p1": ["p2", "p3"]}, {"p1": ["p2", "p4"], "p9": ["p1"]}) == {"p1": pytest.approx(1 - 1 / 3)}

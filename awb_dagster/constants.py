@@ -16,6 +16,9 @@ PROBE_FAMILIES = ("wikiart", "emotion")
 GROUP_PROBES = "probes"
 # Scalar probes fed by sealed CLIP embedding records (seed 7.1: the improved aesthetic predictor).
 SCORE_FAMILIES = ("aesthetic",)
+# Object detection (seed 6): boxes with labels and scores, per box records; a weak signal.
+DETECTION_FAMILIES = ("detr",)
+GROUP_DETECTION = "detection"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"
 GROUP_SEGMENTATION = "segmentation"

@@ -87,6 +87,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-mask2former": ("mask2former", None, 64),
     "awb-demo/tiny-wikiart-convnext": ("wikiart", 5, 32),
     "awb-demo/tiny-aesthetic-mlp": ("aesthetic", None, None),
+    "awb-demo/tiny-detr": ("detr", None, 64),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -240,7 +241,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract")
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "detr")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
     # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
     assert inst.sealed_runs == (
@@ -346,11 +347,11 @@ def test_not_admitted_error_names_every_missing_field(registry: Registry) -> Non
 def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
     tmp_path: Path, registry: Registry
 ) -> None:
-    pinned_registry = pinned(tmp_path, make_pin(registry, "detr-resnet-50"))
-    entry = pinned_registry.get("detr-resnet-50")
+    pinned_registry = pinned(tmp_path, make_pin(registry, "emotion-visual-analysis"))
+    entry = pinned_registry.get("emotion-visual-analysis")
     assert entry.status == "ideas" and entry.missing == ("sealed_runs",)
-    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'detr'"):
-        pinned_registry.require_admitted("detr-resnet-50")
+    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'emotion'"):
+        pinned_registry.require_admitted("emotion-visual-analysis")
 
 
 def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:

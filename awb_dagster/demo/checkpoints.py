@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
-CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp"]
+CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
+                         "detr"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -29,6 +30,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-mask2former": "mask2former",
     "awb-demo/tiny-wikiart-convnext": "convnext-classifier",
     "awb-demo/tiny-aesthetic-mlp": "aesthetic-mlp",
+    "awb-demo/tiny-detr": "detr",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -40,6 +42,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "mask2former": "image-segmentation",
     "convnext-classifier": "image-classification",
     "aesthetic-mlp": None,  # none declared, as for camenduru/improved-aesthetic-predictor
+    "detr": "object-detection",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -207,6 +210,40 @@ def _tiny_convnext_classifier() -> tuple[object, object]:
     return ConvNextForImageClassification(config), processor
 
 
+# Three neutral labels: the demo does not claim any real detector's label set.
+DEMO_DETECTION_LABELS = ("demo-object-a", "demo-object-b", "demo-object-c")
+
+
+def _tiny_detr() -> tuple[object, object]:
+    """DetrForObjectDetection with transformers' own ResNet backbone (``use_timm_backbone=False``,
+    ``backbone_config`` of type ``resnet``, ``use_pretrained_backbone=False``): the layout of
+    facebook/detr-resnet-50's ``no_timm`` revision, so it loads without timm."""
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    labels = dict(enumerate(DEMO_DETECTION_LABELS))
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", out_features=["stage2"]
+    )
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16,
+        encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_queries=10, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    model = DetrForObjectDetection(config)
+    # DETR initializes the last box and class layers near zero (every query the same centred box);
+    # draw them from N(0, 1) so random-weight boxes and scores vary.
+    with torch.no_grad():
+        model.model.query_position_embeddings.weight.normal_(0, 1.0)
+        model.bbox_predictor.layers[-1].weight.normal_(0, 1.0)
+        model.class_labels_classifier.weight.normal_(0, 1.0)
+    # DETR's recipe (shortest edge 800, longest 1333, bilinear, ImageNet statistics, padding), at 64/96 px.
+    processor = DetrImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 96}, image_mean=_IMAGENET_MEAN, image_std=_IMAGENET_STD
+    )
+    return model, processor
+
+
 _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "clip": _tiny_clip,
     "siglip": _tiny_siglip,
@@ -215,6 +252,7 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "sam-hq": _tiny_sam_hq,
     "mask2former": _tiny_mask2former,
     "convnext-classifier": _tiny_convnext_classifier,
+    "detr": _tiny_detr,
 }
 
 

@@ -9,6 +9,7 @@ from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAM
 from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
 from awb_dagster.producers.convnets import ConvNetProducer
+from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.probes import PROBE_PRODUCERS
@@ -33,6 +34,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{family: _OCR for family in OCR_FAMILIES},
     _CONVNET.family: _CONVNET,
     **{producer.family: producer for producer in PROBE_PRODUCERS},
+    **{producer.family: producer for producer in DETECTION_PRODUCERS},
     _AESTHETIC.family: _AESTHETIC,
 }
 

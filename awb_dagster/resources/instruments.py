@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr
 from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
+from awb_dagster.instruments.detection import ObjectDetector
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
@@ -64,6 +65,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
     _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
+    _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -72,6 +74,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._segmenters = {}
         self._convnets = {}
         self._classifiers = {}
+        self._detectors = {}
         self._mlps = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
@@ -148,6 +151,17 @@ class InstrumentsResource(dg.ConfigurableResource):
             )
         return self._segmenters[key]
 
+    def detector(self, pin_key: str, family: str, *, score_threshold: float) -> ObjectDetector:
+        """The loaded object detector for ``pin_key`` (a ``family`` pin) at ``score_threshold``, after the gates."""
+        key = (pin_key, score_threshold)
+        if key not in self._detectors:
+            instrument, pin = self._admitted(pin_key, family)
+            self._detectors[key] = ObjectDetector(
+                instrument, pin, score_threshold=score_threshold, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._detectors[key]
+
     def classifier(self, pin_key: str, family: str) -> ImageClassifier:
         """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates."""
         if pin_key not in self._classifiers:
@@ -220,5 +234,6 @@ class InstrumentsResource(dg.ConfigurableResource):
     @property
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
-        caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps)
+        caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
+                  self._detectors)  # fmt: skip
         return sum(len(cache) for cache in caches)

@@ -7,7 +7,7 @@ SAM_FAMILIES = ("sam", "sam-hq")
 # Semantic segmentation (class maps with label names): kept apart from the class-agnostic masks.
 SEMANTIC_FAMILIES = ("mask2former",)
 # Text from plates (OCR): the Tesseract engine installed here, pinned by version + traineddata sha256.
-OCR_FAMILIES = ("tesseract",)
+OCR_FAMILIES = ("tesseract", "trocr")
 GROUP_TEXT = "text"
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)

@@ -241,7 +241,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "detr")
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
     # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
     assert inst.sealed_runs == (

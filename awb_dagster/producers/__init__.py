@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from awb_dagster.constants import OCR_FAMILIES
 from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
@@ -12,6 +11,7 @@ from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
+from awb_dagster.producers.trocr_lines import TrocrProducer
 from awb_dagster.producers.probes import PROBE_PRODUCERS
 from awb_dagster.producers.sam import SamProducer
 from awb_dagster.producers.segments import SegmentProducer
@@ -31,7 +31,8 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{producer.family: producer for producer in EMBEDDING_PRODUCERS},
     **{family: _SAM for family in SAM_FAMILIES},
     **{family: _SEMANTIC for family in SEMANTIC_FAMILIES},
-    **{family: _OCR for family in OCR_FAMILIES},
+    "tesseract": _OCR,
+    "trocr": TrocrProducer(),
     _CONVNET.family: _CONVNET,
     **{producer.family: producer for producer in PROBE_PRODUCERS},
     **{producer.family: producer for producer in DETECTION_PRODUCERS},

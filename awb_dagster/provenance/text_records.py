@@ -123,3 +123,49 @@ def _check_words(
 def label_of(row: Mapping[str, object]) -> dict:
     """The parsed label of a text record."""
     return json.loads(str(row["label"])) if row.get("label") else {}
+
+
+def line_text_schema() -> pa.Schema:
+    """A line recognised by a line model (TrOCR), one record per line (scope ``plate``, region
+    ``line:<line_id>``, as class areas use ``class:<id>``): the line box it read (plate pixel XYWH), where the box came from (the
+    Tesseract record and its line id), the text, the decoding (JSON) and the generated tokens."""
+    return pa.schema(
+        [
+            *RECORD_FIELDS,
+            ("scope", pa.string()),
+            ("line_id", pa.string()),
+            ("box", pa.list_(pa.int32(), 4)),
+            ("source_record_id", pa.string()),
+            ("text", pa.string()),
+            ("decoding", pa.string()),
+            ("token_count", pa.int32()),
+        ]
+    )
+
+
+def line_text_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=line_text_schema())
+
+
+LINE_CHECK_DESCRIPTIONS = {BOXES_INSIDE_PLATE: "Every line box (XYWH, plate pixels) has positive size and lies inside its plate."}
+
+
+def check_line_pairs(pairs: Sequence[SealedPair], plate_sizes: Mapping[str, tuple[int, int]]) -> dict[str, CheckOutcome]:
+    """Line boxes inside their plates; ``plate_sizes`` maps plate sha256 -> (height, width)."""
+    outcome = CheckOutcome(BOXES_INSIDE_PLATE)
+    for pair in pairs:
+        name = f"{pair.run_id}/{pair.artifact}"
+        try:
+            rows = pq.read_table(pair.artifact_path).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            outcome.failures.append(Failure(name, f"artifact cannot be read ({type(exc).__name__}: {exc})", "", pair.plate_id))
+            continue
+        height, width = plate_sizes.get(pair.plate_sha256, (0, 0))
+        for row in rows:
+            outcome.checked += 1
+            x, y, w, h = row["box"]
+            if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+                outcome.failures.append(Failure(
+                    name, f"line {row['line_id']} box {row['box']} is outside the {width}x{height} plate", row["record_id"], pair.plate_id,
+                ))  # fmt: skip
+    return {BOXES_INSIDE_PLATE: outcome}

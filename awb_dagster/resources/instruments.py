@@ -16,6 +16,8 @@ from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
 from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
+from awb_dagster.instruments.trocr import LineRecognizer
+from awb_dagster.registry.prompts import Decoding
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry import Instrument, LicenseOptInError
 from awb_dagster.registry.weight_files import weight_files_dir
@@ -217,6 +219,18 @@ class InstrumentsResource(dg.ConfigurableResource):
         except LicenseOptInError as exc:
             raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN=tesseract.") from exc
         return TesseractReader(instrument, pin, settings)
+
+    def trocr_recognizer(self, pin_key: str, decoding: Decoding) -> LineRecognizer:
+        """The TrOCR model of ``pin_key`` with ``decoding``, after the gates (its declared license is
+        `unknown`: it needs the opt-in)."""
+        try:
+            instrument, pin = self._admitted(pin_key, "trocr")
+        except LicenseOptInError as exc:
+            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+        return LineRecognizer(
+            instrument, pin, decoding, device=self.torch.device, dtype=self.torch.dtype,
+            cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+        )  # fmt: skip
 
     def _admitted(self, pin_key: str, *families: str) -> tuple[Instrument, Pin]:
         registry = self.home.registry()

@@ -104,3 +104,4 @@ def test_probe_axes_correlate_scores_with_the_map_and_show_the_extremes(aestheti
     assert all(row["plates"] == len(aesthetic_home.catalog.plates) for row in rows)
     assert all(row["spearman_rho"] is None or -1 <= row["spearman_rho"] <= 1 for row in rows)
     assert "lowest:" in metadata["extremes"].value and "data:image/png;base64," in metadata["extremes"].value
+    assert f"map of {clip} colored by {aesthetic_home.pins[MLP]} score" in metadata["maps_by_probe_axis"].value

@@ -14,7 +14,7 @@ from PIL import Image
 
 from awb_dagster.assets.corpus import ATLAS_KEY, CORPUS_AUTOMATION, metadata_table, open_corpus_run
 from awb_dagster.atlas.plots import markdown_image, plate_thumbnails
-from awb_dagster.atlas.probe_axes import correlate, extremes, neighbour_disagreement
+from awb_dagster.atlas.probe_axes import colored_map_png, correlate, extremes, neighbour_disagreement
 from awb_dagster.atlas.probe_axes import probe_axes as axes_of_records
 from awb_dagster.constants import GROUP_ATLAS, PROBE_FAMILIES, SCORE_FAMILIES
 from awb_dagster.provenance.store import RunStore, verified_path
@@ -26,6 +26,9 @@ PROBE_ASSETS = [*(f"{family}_logits" for family in PROBE_FAMILIES), "aesthetic_s
 class ProbeAxesConfig(dg.Config):
     extremes: int = 3  # plates shown at each end of an axis
     max_axes_shown: int = 12  # axes with thumbnails in the UI (strongest |rho| first)
+    # Axes to color every plate-scope map by, as "<probe pin> <axis>" (e.g. "demo-tiny-aesthetic-mlp@a5fe81d300
+    # score"); empty: the strongest axis of each probe pin.
+    color_maps_by: list[str] = []
 
 
 def _maps(store: RunStore, manifest) -> dict[str, pa.Table]:
@@ -79,6 +82,25 @@ def _strip(thumbnails: dict[str, np.ndarray], plate_ids: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+def _color_axes(config: ProbeAxesConfig, correlations, axes_of) -> list[tuple[str, str]]:
+    """(probe pin, axis) pairs the maps are colored by: the configured ones, else each pin's strongest."""
+    if config.color_maps_by:
+        chosen = []
+        for name in config.color_maps_by:
+            pin, _, axis = name.partition(" ")
+            if axis not in axes_of.get(pin, {}):
+                known = [f"{p} {a}" for p, axes in axes_of.items() for a in axes][:20]
+                raise dg.Failure(f"probe_axes: color_maps_by names {name!r}, which is no probe axis here (known: {known})")
+            chosen.append((pin, axis))
+        return chosen
+    strongest: dict[str, tuple[float, str]] = {}
+    for c in correlations:
+        strength = abs(float(np.nan_to_num(c.rho)))
+        if c.probe_pin not in strongest or strength > strongest[c.probe_pin][0]:
+            strongest[c.probe_pin] = (strength, c.axis)
+    return [(pin, axis) for pin, (_, axis) in strongest.items()]
+
+
 @dg.asset(
     group_name=GROUP_ATLAS,
     description="Probes as measured axes (seed 7): per probe pin and axis (a score, or a label's probability), "
@@ -94,7 +116,8 @@ def probe_axes(context: dg.AssetExecutionContext, config: ProbeAxesConfig, home:
     if event is None or event.asset_materialization is None:
         raise dg.Failure("probe_axes: atlas has no materialization yet; materialize atlas first")
     manifest = store.manifest(event.asset_materialization.metadata["run_id"].value)
-    references = _references(manifest, _maps(store, manifest))
+    maps = _maps(store, manifest)
+    references = _references(manifest, maps)
     pins = [e.active_pin.key for f in (*PROBE_FAMILIES, *SCORE_FAMILIES) for e in registry.family(f) if e.active_pin]
     correlations, axes_of = [], {}
     for pin in pins:
@@ -121,8 +144,20 @@ def probe_axes(context: dg.AssetExecutionContext, config: ProbeAxesConfig, home:
         f"highest: {', '.join(high)}\n\n{markdown_image(_strip(thumbs, high), 'highest')}"
         for (pin, axis), (low, high) in ends.items()
     ]
+    colored = []
+    for pin, axis in _color_axes(config, correlations, axes_of):
+        values = axes_of[pin][axis]
+        for map_pin, table in maps.items():
+            plates = table["plate_id"].to_pylist()
+            keep = [i for i, plate in enumerate(plates) if plate in values]
+            if len(keep) < 2:
+                continue
+            coords = np.column_stack([table["x"].to_numpy(), table["y"].to_numpy()])[keep]
+            png = colored_map_png(coords, np.array([values[plates[i]] for i in keep]), title=f"map of {map_pin}", axis=f"{pin} {axis}")
+            colored.append(f"### map of {map_pin} colored by {pin} {axis}\n\n{markdown_image(png, f'{map_pin} by {axis}')}")
     return dg.MaterializeResult(
         metadata={
+            "maps_by_probe_axis": dg.MetadataValue.md("\n\n".join(colored) or "no axis to color by"),
             "run_id": sealed.run_id,
             "atlas_run": manifest.run_id,
             "correlations": metadata_table(rows),

@@ -73,3 +73,21 @@ def extremes(values: Values, count: int) -> tuple[list[str], list[str]]:
     ordered = sorted(values, key=lambda plate: (values[plate], plate))
     count = min(count, len(ordered) // 2 or len(ordered))
     return ordered[:count], ordered[::-1][:count]
+
+
+def colored_map_png(coords: np.ndarray, values: np.ndarray, *, title: str, axis: str, dpi: int = 110) -> bytes:
+    """An atlas map (one point per plate at its map position) colored by a probe axis, with a colorbar."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 6))
+    ax = figure.subplots()
+    points = ax.scatter(coords[:, 0], coords[:, 1], c=values, cmap="viridis", s=28, edgecolors="none")
+    figure.colorbar(points, ax=ax, label=axis)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("axis 1 (PC1)")
+    ax.set_ylabel("axis 2 (PC2)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from awb_dagster.assets.factory import job_name
-from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
+from awb_dagster.constants import GPU_POOL, PIN_DIMENSION, PLATE_DIMENSION, PLATES_PARTITIONS_NAME
 from awb_dagster.instance import fail_runs_of_dead_processes, process_tags
 
 
@@ -72,6 +74,31 @@ def stop_on_signals() -> Iterator[SignalStop]:
         signal_stop._wakeup = None
         reader.close()
         writer.close()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def wait_for_pool_slot(
+    instance: dg.DagsterInstance, pool: str = GPU_POOL, *, poll_seconds: float = 1.0, say: Callable[[str], None] = _say
+) -> None:
+    """Return once ``pool`` has a free slot. Dagster's own wait for a slot, inside a run, ignores
+    SIGINT and SIGTERM and says nothing; this one names the runs holding the slots, stops on a
+    signal, and frees the slots of runs whose process died while it waits. (Another run may
+    still take the slot between this check and the run's claim: Dagster then waits.)"""
+    told: set[str] = set()
+    while True:
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        holders = sorted(info.active_run_ids | info.assigned_run_ids)  # slots claimed, or assigned to a waiting step
+        if len(holders) < info.slot_count or not info.slot_count:
+            return
+        if not told.issuperset(holders):
+            say(f"waiting for a `{pool}` slot, held by dagster run(s) {', '.join(holders)} (Ctrl-C stops)")
+            told.update(holders)
+        fail_runs_of_dead_processes(instance)
+        signal_stop.raise_if_requested()
+        time.sleep(poll_seconds)
 
 
 @dataclass(frozen=True)
@@ -191,6 +218,7 @@ def materialize_pin_ranges(
     results = []
     for plates in contiguous_ranges(ordered, plate_ids or ordered):
         signal_stop.raise_if_requested()
+        wait_for_pool_slot(instance)  # every family asset runs in the gpu pool
         result = job.execute_in_process(
             instance=instance,
             tags={

@@ -110,6 +110,26 @@ def test_sigterm_and_kill_9_mid_run_lose_at_most_a_chunk(loopback_hub, tmp_path_
     after = sealed_record_ids(home)
     assert max(after.values()) == 1, "a plate sealed before the kill was processed again"
 
+    # A run waiting for the gpu slot says which run holds it and stops on SIGTERM (Dagster's own
+    # wait inside a run ignores signals).
+    storage = home.instance.event_log_storage
+    assert storage.claim_concurrency_slot("gpu", "holder-run", "holder-step").is_claimed
+    waiting_log = Path(home.paths.root, "waiting.log")
+    with open(waiting_log, "w") as log:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "awb_dagster.cli", "run", "--family", "clip", "--home", str(home.paths.root)],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for a `gpu` slot, held by dagster run(s) holder-run" not in waiting_log.read_text():
+            assert waiting.poll() is None and time.monotonic() < deadline, waiting_log.read_text()[-3000:]
+            time.sleep(0.1)
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=60) == 130
+    finally:
+        storage.free_concurrency_slots_for_run("holder-run")
+
     # The union equals a clean run's records on a fresh home.
     clean = make_demo_home(loopback_hub, tmp_path_factory, "clean", [CLIP], extra_plates=synthetic_plates(EXTRA_PLATES))
     (result,) = materialize_family(clean.defs, clean.instance, "clip", clean.pin_key)

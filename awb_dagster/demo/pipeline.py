@@ -24,7 +24,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos, write_tiny_convnext
     from awb_dagster.demo.hub import LoopbackHub
-    from awb_dagster.demo.probes import probe_summary
+    from awb_dagster.demo.probes import probe_axes_summary, probe_summary
     from awb_dagster.instance import open_instance
     from awb_dagster.provenance.lineage import lineage
     from awb_dagster.registry.lock import PinLock
@@ -116,7 +116,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         if ocr_pin and not ocr_summary(defs, instance, ocr_pin, plate_ids, _say):
             return 1
         probe_record = probe_summary(defs, instance, registry, home_resource.store(), _say)
-        if probe_record is None:
+        if probe_record is None or not probe_axes_summary(defs, instance, _say):
             return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))

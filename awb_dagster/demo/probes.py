@@ -49,3 +49,21 @@ def probe_summary(defs, instance, registry, store, say: Callable[[str], None]) -
         say(f"\n{asset} {pin_key} ({time.perf_counter() - started:.1f} s; a measured axis, never a verdict):")
         say(text_table(rows, list(rows[0]) if rows else ["plate"]))
     return first_score
+
+
+def probe_axes_summary(defs, instance, say: Callable[[str], None]) -> bool:
+    """Materialize ``probe_axes`` (after the atlas and the probes); print its strongest correlations."""
+    import dagster as dg
+
+    from awb_dagster.runner import materialize_atlas
+
+    result = materialize_atlas(defs, instance, assets=["probe_axes"])
+    if not result.success:
+        say(f"FAILED: probe_axes; see the Dagster run {result.run_id}")
+        return False
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("probe_axes")).asset_materialization.metadata
+    rows = sorted((row.data for row in metadata["correlations"].value.records),
+                  key=lambda row: -abs(row["spearman_rho"] or 0.0))[:6]  # fmt: skip
+    say(f"\nprobe axes (Spearman rho vs the atlas maps and the CLIP-vs-DINOv2 disagreement; run {metadata['run_id'].value}):")
+    say(text_table(rows, ["probe_pin", "axis", "reference", "spearman_rho", "plates"]))
+    return True

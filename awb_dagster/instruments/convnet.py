@@ -201,6 +201,7 @@ class ConvNetFeatures:
         """The instrument as the run manifest records it."""
         return {
             **pin_provenance(self.instrument, self.pin),
+            "intended_use": self.instrument.intended_use,
             "output_kind": "vector+gram",
             "output_dim": self.dim,
             "output_dtype": "float32",

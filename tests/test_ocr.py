@@ -203,3 +203,23 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     # a word box moved off the plate fails the blocking check
     bad = check_text_pairs([pair], {plate.sha256: (10, 10)}, PromptRegistry.load())
     assert not bad["text_boxes_inside_plate"].passed
+
+
+@needs_tesseract
+def test_awb_pin_tesseract_pins_the_installed_engine_and_a_new_version_is_a_new_pin(capsys, tmp_path, monkeypatch):
+    from awb_dagster.cli import main
+    from awb_dagster.registry import tesseract_install
+    from awb_dagster.registry.lock import PinLock
+
+    def pin() -> str:
+        assert main(["pin", "tesseract", "--home", str(tmp_path)]) == 0
+        return capsys.readouterr().out
+
+    first = pin()
+    assert pin().startswith("unchanged tesseract")  # the same engine: the same pin
+    installed = tesseract_install.find_tesseract()
+    monkeypatch.setattr(tesseract_install, "find_tesseract", lambda languages=("eng",): replace(installed, version="9.9.9"))
+    upgraded = pin()
+    pins = PinLock.load(tmp_path / "pins.lock.json").pins_for("tesseract")
+    assert len(pins) == 2 and pins[0].config["version"] == installed.version and pins[1].config["version"] == "9.9.9"
+    assert pins[0].key in first and pins[1].key in upgraded and pins[0].key != pins[1].key

@@ -18,7 +18,7 @@ from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.plate_label import int_to_roman, parse_label, parse_numeral, roman_to_int
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord, TesseractReader, ZoneSettings, parse_tsv
 from awb_dagster.producers.ocr import OCR_ASSET
-from awb_dagster.provenance.text_records import TEXT_CHECK_DESCRIPTIONS, check_text_pairs, label_of, text_schema
+from awb_dagster.provenance.text_records import TEXT_CHECK_DESCRIPTIONS, check_text_pairs, label_of, text_schema, text_table
 from awb_dagster.registry.model import Registry
 from awb_dagster.registry.prompts import PromptRegistry
 from awb_dagster.registry.tesseract_install import TesseractInstall, capture_tesseract_pin
@@ -203,6 +203,16 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     # a word box moved off the plate fails the blocking check
     bad = check_text_pairs([pair], {plate.sha256: (10, 10)}, PromptRegistry.load())
     assert not bad["text_boxes_inside_plate"].passed
+    # a record naming a prompt must carry the registry's sha256 for it; confidences stay in [0, 1]
+    prompt = PromptRegistry.load().get("florence.ocr")
+    words = [{**row["words"][0], "confidence": 1.5}]
+    for sha, ok in ((prompt.sha256, True), ("0" * 64, False)):
+        forged = {**row, **prompt.record(), "prompt_sha256": sha, "words": words}
+        path = tmp_path_factory.mktemp("forged") / "text.parquet"
+        pq.write_table(text_table([forged]), path)
+        outcomes = check_text_pairs([replace(pair, artifact_path=path)], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())
+        assert outcomes["text_prompt_sha256_matches_registry"].passed is ok
+        assert not outcomes["text_confidences_in_range"].passed
 
 
 @needs_tesseract

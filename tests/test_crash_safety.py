@@ -92,6 +92,7 @@ def test_sigterm_and_kill_9_mid_run_lose_at_most_a_chunk(loopback_hub, tmp_path_
     killed.communicate(timeout=60)
     (killed_run,) = runs_by_pid(home.instance, killed.pid)
     assert killed_run.status == dg.DagsterRunStatus.STARTED
+    assert killed_run.run_id in home.instance.event_log_storage.get_concurrency_info("gpu").active_run_ids  # the wedge
     sealed_at_kill = sealed_record_ids(home)
     assert 0 < len(sealed_at_kill) and max(sealed_at_kill.values()) == 1
     plates_at_kill = {pair["plate_id"] for manifest in manifests(home) for pair in manifest["pairs"]}
@@ -104,6 +105,7 @@ def test_sigterm_and_kill_9_mid_run_lose_at_most_a_chunk(loopback_hub, tmp_path_
     assert time.monotonic() - started < 300
     assert f"dagster run {killed_run.run_id}: its process is gone" in out
     assert home.instance.get_run_by_id(killed_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not home.instance.event_log_storage.get_concurrency_info("gpu").active_run_ids
     assert f"{plates - len(plates_at_kill)} to process, {len(plates_at_kill)} already sealed" in err
     sealed_plates = {pair["plate_id"] for manifest in manifests(home) for pair in manifest["pairs"]}
     assert len(sealed_plates) == plates

@@ -35,7 +35,8 @@ def hold_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Itera
     ``on_wait`` is called once when another holder makes this one wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only is enough for flock: a teammate sharing the home can lock a file it cannot write.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         raise OSError(f"cannot open the lock file {path} ({exc}); check that the home is writable") from exc
     try:

@@ -14,9 +14,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from awb_dagster.assets.plates import scan_plates
 from awb_dagster.engine.core import pin_lock_path
-from awb_dagster.locking import hold_lock
+from awb_dagster.locking import hold_lock, lock_file_name
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR, PlateCatalog
 from awb_dagster.resources import AwbHome
 from demo_homes import make_demo_home
@@ -80,3 +82,38 @@ def test_concurrent_scans_keep_both_folders_plates(tmp_path):
     catalog = PlateCatalog.load(home.paths.catalog)
     assert len(catalog.plates) == len(samples)
     assert sorted(catalog.sources) == sorted(str(folder.resolve()) for folder in folders)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("demo-tiny-clip@bf761d8229", "demo-tiny-clip@bf761d8229.lock"),
+        ("demo-tiny-clip@bf761d8229~demo-tiny-sam@4949e5969b", "demo-tiny-clip@bf761d8229~demo-tiny-sam@4949e5969b.lock"),
+        ("../escape", None),
+        ("a/b", None),
+    ],
+)
+def test_lock_file_names_stay_in_their_folder_and_apart(key, expected):
+    name = lock_file_name(key)
+    assert "/" not in name and not name.startswith(".")
+    if expected is not None:
+        assert name == expected
+    else:
+        assert name != lock_file_name(key.replace("/", "_")), "two keys share a lock file"
+
+
+def test_a_held_lock_makes_the_second_holder_wait(tmp_path):
+    path = tmp_path / "locks" / "key.lock"
+    events: list[str] = []
+
+    def second() -> None:
+        with hold_lock(path, on_wait=lambda: events.append("waited")):
+            events.append("second holds it")
+
+    with hold_lock(path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        events.append("first lets go")
+    thread.join(timeout=10)
+    assert events == ["waited", "first lets go", "second holds it"]

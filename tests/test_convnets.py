@@ -185,3 +185,19 @@ def test_pooled_features_join_the_atlas(convnet_home, convnet_run):
     assert result.success
     atlas = convnet_home.instance.get_latest_materialization_event(dg.AssetKey("atlas")).asset_materialization
     assert convnet_home.pins[MODEL] in atlas.metadata["pins"].value
+
+
+def test_awb_pin_file_pins_copies_and_registers_the_partition(weight_file, tmp_path, capsys):
+    from awb_dagster.cli import main
+
+    home = tmp_path / "home"
+    assert main(["pin", "demo-tiny-convnext", "--file", str(weight_file), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    pin = PinLock.load(home / "pins.lock.json").active_pins()[0]
+    assert f"pinned {MODEL} -> {pin.key} ({weight_file.name}, torchvision 0.29.1" in out
+    assert "registered 1 new convnet_pins partition(s)" in out
+    assert (home / "weights" / pin.sha / weight_file.name).is_file()
+    renamed = tmp_path / "resnet.pth"
+    shutil.copy(weight_file, renamed)
+    assert main(["pin", "demo-tiny-convnext", "--file", str(renamed), "--home", str(home)]) == 1
+    assert "weight files are named tiny_convnext-<sha256 prefix>.pth, not resnet.pth" in capsys.readouterr().err

@@ -18,6 +18,8 @@ GROUP_PROBES = "probes"
 SCORE_FAMILIES = ("aesthetic",)
 # Object detection (seed 6): boxes with labels and scores, per box records; a weak signal.
 DETECTION_FAMILIES = ("detr",)
+# Text-conditioned detection (seed 6: GroundingDINO): boxes for the phrases of a registry prompt.
+GROUNDING_FAMILIES = ("grounding-dino",)
 GROUP_DETECTION = "detection"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"

@@ -16,9 +16,11 @@ from awb_dagster.assets.factory import job_name
 from awb_dagster.demo.checkpoints import DEMO_DETECTION_LABELS
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.detection import ObjectDetector, clip_xyxy, require_backbone_available
-from awb_dagster.provenance.boxes import box_rows, box_summary, box_table, check_box_pairs, relation
+from awb_dagster.instruments.grounding import GroundedDetector, prompt_phrases
+from awb_dagster.provenance.boxes import box_rows, box_summary, box_table, check_box_pairs, check_box_prompts, relation
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
+from awb_dagster.registry.prompts import PromptRegistry
 from awb_dagster.runner import materialize_pin_ranges
 from demo_homes import DemoHome, make_demo_home
 
@@ -95,7 +97,8 @@ def test_adapter_labels_tag_and_boxes(detr_home):
 @pytest.fixture(scope="module")
 def detr_run(detr_home):
     config = {"score_threshold": THRESHOLD}
-    runs = materialize_pin_ranges(detr_home.defs, detr_home.instance, job_name(ASSET), ASSET, config, detr_home.pin_key, None)
+    home = detr_home
+    runs = materialize_pin_ranges(home.defs, home.instance, job_name(ASSET), ASSET, config, home.pin_key, None)
     assert len(runs) == 1 and runs[0].success
     return runs[0]
 
@@ -120,7 +123,9 @@ def test_box_records_follow_the_contract(detr_home, detr_run):
 def test_checks_pass_and_partitions_show_counts_and_relations(detr_home, detr_run):
     evaluations = [
         e.dagster_event.event_specific_data
-        for e in detr_home.instance.all_logs(detr_run.dagster_run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        for e in detr_home.instance.all_logs(
+            detr_run.dagster_run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
     ]
     assert {e.check_name for e in evaluations} == {"boxes_inside_plate", "box_scores_in_range"}
     assert all(e.passed for e in evaluations)
@@ -146,3 +151,64 @@ def test_checks_name_boxes_outside_the_plate_and_bad_scores(detr_home, detr_run,
     outcomes = check_box_pairs([tampered], sizes)
     assert outcomes["boxes_inside_plate"].passed
     assert [f.record_id for f in outcomes["box_scores_in_range"].failures] == [rows[0]["record_id"]]
+
+
+# --- GroundingDINO: text-conditioned boxes under the prompt registry ---------------------------
+
+GROUNDING_MODEL = "awb-demo/tiny-grounding-dino"
+GROUNDING_ASSET = "grounding_dino_detections"
+
+
+def test_a_prompt_of_another_task_is_refused_before_loading(detr_home):
+    pin = PinLock.load(detr_home.paths.lock).find_key(detr_home.pin_key)
+    instrument = Registry.load(lock_path=detr_home.paths.lock).get(GROUNDING_MODEL).instrument
+    caption = PromptRegistry.load().get("caption.plain")
+    with pytest.raises(InstrumentError, match="caption prompt, not a detection prompt"):
+        GroundedDetector(instrument, dataclasses.replace(pin, model_id=GROUNDING_MODEL), caption, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def grounding_home(loopback_hub, tmp_path_factory) -> DemoHome:
+    return make_demo_home(loopback_hub, tmp_path_factory, "grounding", [GROUNDING_MODEL])
+
+
+@pytest.fixture(scope="module")
+def grounding_run(grounding_home):
+    home = grounding_home
+    asset = GROUNDING_ASSET
+    runs = materialize_pin_ranges(home.defs, home.instance, job_name(asset), asset, {}, home.pin_key, None)
+    assert len(runs) == 1 and runs[0].success
+    return runs[0]
+
+
+def test_grounded_boxes_carry_the_registry_prompt(grounding_home, grounding_run):
+    prompt = PromptRegistry.load().get("grounding.bird")
+    assert prompt_phrases(prompt) == ["bird", "egg", "nest", "branch", "fish"]
+    pairs = grounding_home.store.sealed_pairs(grounding_home.pin_key)
+    assert {p.plate_id for p in pairs.values()} == set(grounding_home.catalog.plates)  # awkward plates included
+    rows = [row for pair in pairs.values() for row in pq.read_table(pair.artifact_path).to_pylist()]
+    assert rows, "the tiny random GroundingDINO scores above 0.35 on some plates"
+    for row in rows:
+        assert (row["prompt_id"], row["prompt_sha256"]) == ("grounding.bird", prompt.sha256)
+        assert prompt.tag() in row["preprocess_tag"] and "box>=0.35;text>=0.25" in row["preprocess_tag"]
+        assert row["label_id"] == -1 or prompt_phrases(prompt)[row["label_id"]] == row["label"]
+
+
+def test_grounded_checks_pass_and_a_changed_prompt_is_named(grounding_home, grounding_run):
+    evaluations = [
+        e.dagster_event.event_specific_data
+        for e in grounding_home.instance.all_logs(
+            grounding_run.dagster_run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
+    ]
+    assert {e.check_name for e in evaluations} == {
+        "boxes_inside_plate", "box_scores_in_range", "box_prompt_matches_registry",
+    }  # fmt: skip
+    assert all(e.passed for e in evaluations)
+    event = grounding_home.instance.get_latest_materialization_event(dg.AssetKey(GROUNDING_ASSET))
+    metadata = event.asset_materialization.metadata
+    assert metadata["prompt"].value["prompt_id"] == "grounding.bird" and metadata["text_threshold"].value == 0.25
+    pairs = [p for p in grounding_home.store.sealed_pairs(grounding_home.pin_key).values() if p.record_ids]
+    outcome = check_box_prompts(pairs, {"grounding.bird": {"0" * 64}})
+    assert len(outcome.failures) == sum(len(p.record_ids) for p in pairs)
+    assert "matches none of the registry's versions" in outcome.failures[0].detail

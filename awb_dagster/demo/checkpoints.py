@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
+
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr"]
+                         "detr", "grounding-dino"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -31,6 +33,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-wikiart-convnext": "convnext-classifier",
     "awb-demo/tiny-aesthetic-mlp": "aesthetic-mlp",
     "awb-demo/tiny-detr": "detr",
+    "awb-demo/tiny-grounding-dino": "grounding-dino",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -43,6 +46,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "convnext-classifier": "image-classification",
     "aesthetic-mlp": None,  # none declared, as for camenduru/improved-aesthetic-predictor
     "detr": "object-detection",
+    "grounding-dino": "zero-shot-object-detection",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -253,6 +257,7 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "mask2former": _tiny_mask2former,
     "convnext-classifier": _tiny_convnext_classifier,
     "detr": _tiny_detr,
+    "grounding-dino": tiny_grounding_dino,
 }
 
 

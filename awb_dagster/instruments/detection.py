@@ -91,6 +91,8 @@ def require_backbone_available(model_id: str, pin: Pin, config: Any) -> None:
 class ObjectDetector:
     """A loaded closed-vocabulary detector at one pin, with the run's score threshold."""
 
+    prompt_record: tuple[str, str] | None = None  # closed vocabulary: no text prompt
+
     def __init__(
         self,
         instrument: Instrument,

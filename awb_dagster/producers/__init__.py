@@ -9,6 +9,7 @@ from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
+from awb_dagster.producers.grounding import GroundingProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.trocr_lines import TrocrProducer
@@ -36,6 +37,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     _CONVNET.family: _CONVNET,
     **{producer.family: producer for producer in PROBE_PRODUCERS},
     **{producer.family: producer for producer in DETECTION_PRODUCERS},
+    GroundingProducer.family: GroundingProducer(),
     _AESTHETIC.family: _AESTHETIC,
 }
 

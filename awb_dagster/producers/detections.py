@@ -67,9 +67,9 @@ class DetectorSession:
             width, height = image.size
             rows = box_rows(
                 detector.detect(image), width=width, height=height, score_threshold=detector.score_threshold,
-                plate_id=plate.plate_id, plate_sha256=plate.sha256, model_id=detector.instrument.id,
-                model_sha=detector.pin.sha, pin_key=detector.pin.key, preprocess_tag=detector.preprocess_tag,
-                run_id=run.run_id,
+                prompt=detector.prompt_record, plate_id=plate.plate_id, plate_sha256=plate.sha256,
+                model_id=detector.instrument.id, model_sha=detector.pin.sha, pin_key=detector.pin.key,
+                preprocess_tag=detector.preprocess_tag, run_id=run.run_id,
             )  # fmt: skip
             artifact = run.write_table("boxes", box_table(rows))
             record_ids = [row["record_id"] for row in rows]

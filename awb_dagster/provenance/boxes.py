@@ -35,6 +35,11 @@ BOX_CHECK_DESCRIPTIONS = {
     f"catalog size), and `bbox_norm` is `bbox` over the plate size within {NORM_TOLERANCE}.",
     BOX_SCORES_IN_RANGE: "Every box score is finite, in [0, 1] and at least the run's `score_threshold`.",
 }
+BOX_PROMPT_MATCHES_REGISTRY = "box_prompt_matches_registry"
+PROMPT_CHECK_DESCRIPTION = (
+    "Every box names a prompt of the prompt registry (`prompt_id`) and its `prompt_sha256` is the sha256 the "
+    "registry computes for one of that prompt's versions (a changed template is another prompt)."
+)
 
 
 def box_schema() -> pa.Schema:
@@ -169,3 +174,21 @@ def check_box_pairs(pairs: Sequence[SealedPair], plate_sizes: Mapping[str, tuple
             elif score < threshold - 1e-6:
                 fail(BOX_SCORES_IN_RANGE, record, f"score {score} below the run's threshold {threshold}")
     return outcomes
+
+
+def check_box_prompts(pairs: Sequence[SealedPair], registry_shas: Mapping[str, set[str]]) -> CheckOutcome:
+    """Every box's prompt is in the registry with that sha256; ``registry_shas`` maps each prompt
+    id to the sha256 of its versions."""
+    outcome = CheckOutcome(BOX_PROMPT_MATCHES_REGISTRY)
+    for pair in pairs:
+        outcome.checked += len(pair.record_ids)
+        for row in read_box_rows(pair):
+            prompt_id, sha = row["prompt_id"], row["prompt_sha256"]
+            if prompt_id not in registry_shas:
+                detail = f"prompt {prompt_id!r} is not in the prompt registry"
+            elif sha not in registry_shas[prompt_id]:
+                detail = f"prompt {prompt_id} sha256 {sha} matches none of the registry's versions"
+            else:
+                continue
+            outcome.failures.append(Failure(f"{pair.run_id}/{pair.artifact}", detail, row["record_id"], pair.plate_id))
+    return outcome

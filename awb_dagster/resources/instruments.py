@@ -11,6 +11,7 @@ from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.detection import ObjectDetector
+from awb_dagster.instruments.grounding import GroundedDetector
 from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
@@ -19,6 +20,7 @@ from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
 from awb_dagster.instruments.trocr import LineRecognizer
 from awb_dagster.registry.prompts import Decoding
 from awb_dagster.registry.lock import Pin, PinLock
+from awb_dagster.registry.prompts import Prompt
 from awb_dagster.registry import Instrument, LicenseOptInError
 from awb_dagster.registry.weight_files import weight_files_dir
 from awb_dagster.resources.home import AwbHome
@@ -68,6 +70,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
     _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
     _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
+    _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -77,6 +80,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._convnets = {}
         self._classifiers = {}
         self._detectors = {}
+        self._grounded = {}
         self._mlps = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
@@ -164,6 +168,20 @@ class InstrumentsResource(dg.ConfigurableResource):
             )  # fmt: skip
         return self._detectors[key]
 
+    def grounded_detector(
+        self, pin_key: str, family: str, prompt: Prompt, *, box_threshold: float, text_threshold: float
+    ) -> GroundedDetector:
+        """The loaded GroundingDINO for ``pin_key`` with ``prompt`` and thresholds, after the gates."""
+        key = (pin_key, prompt.sha256, box_threshold, text_threshold)
+        if key not in self._grounded:
+            instrument, pin = self._admitted(pin_key, family)
+            self._grounded[key] = GroundedDetector(
+                instrument, pin, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
+                device=self.torch.device, dtype=self.torch.dtype, cache_dir=self.home.paths.hf_cache,
+                local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._grounded[key]
+
     def classifier(self, pin_key: str, family: str) -> ImageClassifier:
         """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates."""
         if pin_key not in self._classifiers:
@@ -249,5 +267,5 @@ class InstrumentsResource(dg.ConfigurableResource):
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
         caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
-                  self._detectors)  # fmt: skip
+                  self._detectors, self._grounded)  # fmt: skip
         return sum(len(cache) for cache in caches)

@@ -192,6 +192,7 @@ def test_grounded_boxes_carry_the_registry_prompt(grounding_home, grounding_run)
         assert (row["prompt_id"], row["prompt_sha256"]) == ("grounding.bird", prompt.sha256)
         assert prompt.tag() in row["preprocess_tag"] and "box>=0.35;text>=0.25" in row["preprocess_tag"]
         assert row["label_id"] == -1 or prompt_phrases(prompt)[row["label_id"]] == row["label"]
+        assert "[SEP]" not in row["label"] and "[CLS]" not in row["label"]
 
 
 def test_grounded_checks_pass_and_a_changed_prompt_is_named(grounding_home, grounding_run):

@@ -8,7 +8,7 @@ registry (task ``detection``: lower-case phrases separated by `` . ``); its id, 
 go into the preprocess tag and every box. Per plate it returns the boxes the processor's
 ``post_process_grounded_object_detection`` keeps at the run's box and text thresholds, in plate
 pixels (full-size decode), clipped to the plate; a box's label is the prompt phrase its tokens
-above the text threshold spell (empty when no token passes).
+above the text threshold spell, special tokens dropped (empty when no token passes).
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class GroundedDetector:
             raise weights_error(instrument.id, pin, exc) from exc
         self.model = model.eval().to(self.device)
         self.model_class = type(model).__name__
+        self._special_tokens = set(self.processor.tokenizer.all_special_tokens)
         image_processor = self.processor.image_processor
         spec = describe_processor(image_processor)
         spec.update(do_pad=bool(image_processor.to_dict().get("do_pad")),
@@ -132,8 +133,10 @@ class GroundedDetector:
             target_sizes=[(height, width)],
         )[0]  # fmt: skip
         boxes = []
-        for box, score, phrase in zip(result["boxes"].tolist(), result["scores"].tolist(), result["text_labels"]):
+        for box, score, text in zip(result["boxes"].tolist(), result["scores"].tolist(), result["text_labels"]):
             xywh, clipped = clip_xyxy(box, width, height)
+            # The decoded span may hold special tokens ([SEP]) that passed the text threshold: not phrase words.
+            phrase = " ".join(word for word in text.split() if word not in self._special_tokens)
             label_id = self.phrases.index(phrase) if phrase in self.phrases else UNMATCHED_LABEL_ID
             boxes.append(DetectedBox(xywh, float(score), phrase, label_id, clipped))
         return sorted(boxes, key=lambda b: -b.score)

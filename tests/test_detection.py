@@ -9,8 +9,10 @@ import dataclasses
 from types import SimpleNamespace
 
 import dagster as dg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from awb_dagster.assets.factory import job_name
 from awb_dagster.demo.checkpoints import DEMO_DETECTION_LABELS
@@ -213,3 +215,39 @@ def test_grounded_checks_pass_and_a_changed_prompt_is_named(grounding_home, grou
     outcome = check_box_prompts(pairs, {"grounding.bird": {"0" * 64}})
     assert len(outcome.failures) == sum(len(p.record_ids) for p in pairs)
     assert "matches none of the registry's versions" in outcome.failures[0].detail
+
+
+# --- Box-prompted SAM: the same boxes through segment-anything's SamPredictor -------------------
+
+
+def test_box_prompted_masks_match_segment_anything_sam_predictor(tmp_path):
+    """Boxes prompt the pinned SAM (an original segment-anything checkpoint converted to SamModel,
+    as sam_vit_* pins load) and give the masks SamPredictor gives for the same boxes on the same
+    weights: IoU >= 0.99 per box on every sample plate, awkward ones included."""
+    from segment_anything import SamPredictor
+
+    from awb_dagster.demo.checkpoints import build_tiny_original_sam, tiny_original_sam
+    from awb_dagster.instruments.box_sam import box_prompted_masks
+    from awb_dagster.instruments.sam_convert import load_original_as_transformers, processor_for
+    from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
+    from awb_dagster.plates.imaging import load_rgb
+
+    path = tmp_path / "tiny_sam.pth"
+    path.write_bytes(build_tiny_original_sam())
+    model = load_original_as_transformers(path).eval()
+    generator = SimpleNamespace(model=model, processor=processor_for(model.config), device=torch.device("cpu"),
+                                dtype=torch.float32, instrument=SimpleNamespace(id="tiny-sam"))  # fmt: skip
+    predictor = SamPredictor(tiny_original_sam())
+    plates = sorted(p for p in SAMPLE_PLATES_DIR.iterdir() if p.suffix in (".jpg", ".png"))
+    assert len(plates) == 6
+    for plate in plates:
+        image = load_rgb(plate, max_pixels=10**9)
+        w, h = image.size
+        boxes = np.array([[0.1 * w, 0.1 * h, 0.6 * w, 0.5 * h], [0.4 * w, 0.3 * h, 0.9 * w, 0.95 * h], [0, 0, w, h]])
+        predictor.set_image(np.asarray(image))
+        for box, ours in zip(boxes, box_prompted_masks(generator, image, boxes), strict=True):
+            reference, scores, _ = predictor.predict(box=box, multimask_output=False)
+            union = np.logical_or(reference[0], ours.mask).sum()
+            iou = np.logical_and(reference[0], ours.mask).sum() / union if union else 1.0
+            assert iou >= 0.99, f"{plate.name} box {box.tolist()}: IoU {iou:.4f}"
+            assert ours.predicted_iou == pytest.approx(float(scores[0]), abs=1e-4)

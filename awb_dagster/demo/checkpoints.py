@@ -317,11 +317,20 @@ def publish_demo_repos(
 
 def build_tiny_original_sam(seed: int = 0) -> bytes:
     """A tiny SAM in segment-anything's ``.pth`` format (``torch.save`` of the state dict, as the
-    official ``sam_vit_*.pth`` files are), built from ``segment_anything.modeling`` with small dims.
-    The position tables segment-anything initializes to zero are drawn from N(0, 0.02), as
-    ``_tiny_sam`` does for its vision tower, so random-weight masks have some structure."""
+    official ``sam_vit_*.pth`` files are) of :func:`tiny_original_sam`."""
     import io
 
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(tiny_original_sam(seed).state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def tiny_original_sam(seed: int = 0) -> object:
+    """A tiny ``segment_anything.modeling.Sam`` with small dims and seeded random weights. The
+    position tables segment-anything initializes to zero are drawn from N(0, 0.02), as
+    ``_tiny_sam`` does for its vision tower, so random-weight masks have some structure."""
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -346,9 +355,7 @@ def build_tiny_original_sam(seed: int = 0) -> bytes:
             for name, tensor in sam.image_encoder.named_parameters():
                 if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
                     tensor.normal_(0.0, 0.02)
-    buffer = io.BytesIO()
-    torch.save(sam.state_dict(), buffer)
-    return buffer.getvalue()
+    return sam.eval()
 
 
 def write_tiny_convnext(directory: Path, seed: int = 0) -> Path:

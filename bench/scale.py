@@ -16,7 +16,9 @@ loopback hub), it times:
 
 Each figure is one measurement in seconds (lookups: the fastest of three) after the setup of
 that size; divided by N, a row that grows worse than linearly shows a rising per-plate figure.
-Not measured here: the GraphQL query behind the asset's partitions page (needs the webserver).
+- ``graphql_partitions`` (with ``--graphql``): the query behind the asset's partitions page
+  (partition keys by dimension and the materialization status ranges), sent to a
+  ``dagster-webserver`` started for the home; ``graphql_partitions_first`` is the first call.
 
     .venv/bin/python bench/scale.py --sizes 1000 10000
     .venv/bin/python bench/scale.py --sizes 10000 100000 --out bench/results-cpu/scale.json
@@ -26,7 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 import tempfile
 import time
 import warnings
@@ -45,8 +54,8 @@ from awb_dagster.cli import main
 from awb_dagster.definitions import build_definitions
 from awb_dagster.demo import LoopbackHub, build_tiny_repo
 from awb_dagster.demo.checkpoints import DEMO_LICENSE, DEMO_PIPELINE_TAGS
-from awb_dagster.instance import home_instance
-from awb_dagster.paths import HomePaths
+from awb_dagster.instance import dagster_env, home_instance
+from awb_dagster.paths import REPO_ROOT, HomePaths
 from awb_dagster.provenance.lineage import lineage
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.resources import AwbHome
@@ -111,7 +120,73 @@ def seal_synthetic_runs(home: AwbHome, pin_key: str) -> str:
     return record_id
 
 
-def measure(size: int, root: Path, endpoint: str) -> dict[str, float]:
+PARTITIONS_PAGE = """
+query Partitions($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    __typename
+    ... on AssetNode {
+      partitionKeysByDimension { name partitionKeys }
+      assetPartitionStatuses {
+        __typename
+        ... on MultiPartitionStatuses { primaryDimensionName ranges { primaryDimStartKey primaryDimEndKey } }
+      }
+    }
+  }
+}"""
+LOADED = "{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError { __typename } } } } }"
+
+
+def graphql(port: int, query: str, **variables: Any) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        payload = json.loads(response.read())
+    if payload.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {payload['errors']}")
+    return payload["data"]
+
+
+def measure_graphql(home_dir: Path, endpoint: str, log_path: Path) -> dict[str, float]:
+    """Start dagster-webserver for the home, wait for the code location, time the partitions page."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**dagster_env(HomePaths(home_dir)), "HF_ENDPOINT": endpoint}
+    webserver = Path(sys.executable).parent / "dagster-webserver"
+    command = [str(webserver), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dagster-webserver did not serve the code location; see {log_path}")
+            try:
+                entries = graphql(port, LOADED)["workspaceOrError"]["locationEntries"]
+                if entries and (entries[0]["locationOrLoadError"] or {}).get("__typename") == "RepositoryLocation":
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(2)
+        figures: dict[str, float] = {}
+        figures["graphql_partitions_first"], data = timed(lambda: graphql(port, PARTITIONS_PAGE, path=[ASSET]))
+        node = data["assetNodeOrError"]
+        assert node["__typename"] == "AssetNode", node
+        figures["graphql_partitions"], _ = timed(lambda: graphql(port, PARTITIONS_PAGE, path=[ASSET]), LOOKUP_REPEATS)
+        return figures
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def measure(size: int, root: Path, endpoint: str, with_graphql: bool = False) -> dict[str, float]:
     home_dir, plates_dir = root / "home", root / "plates"
     write_plates(plates_dir, size)
     home_args = ["--home", str(home_dir)]
@@ -147,12 +222,15 @@ def measure(size: int, root: Path, endpoint: str) -> dict[str, float]:
     figures["sealed_pairs"], pairs = timed(lambda: store.sealed_pairs(pin_key), LOOKUP_REPEATS)
     assert len(pairs) == size, (len(pairs), size)
     step_plates = {plate_id for plate_id, _, _ in sorted(pairs)[:: max(1, size // STEP_PLATES)][:STEP_PLATES]}
+    del pairs  # N live objects would slow every later lookup's garbage collection, which no real caller has
     figures["sealed_pairs_step"], step_pairs = timed(
         lambda: store.sealed_pairs(pin_key, plate_ids=step_plates), LOOKUP_REPEATS
     )
     assert len(step_pairs) == STEP_PLATES, len(step_pairs)
     figures["find_record"], _ = timed(lambda: store.find_record(last_record), LOOKUP_REPEATS)
     figures["lineage"], _ = timed(lambda: lineage(store, last_record), LOOKUP_REPEATS)
+    if with_graphql:
+        figures.update(measure_graphql(home_dir, endpoint, root / "webserver.log"))
     return figures
 
 
@@ -160,6 +238,7 @@ def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--graphql", action="store_true", help="also time the partitions page through a webserver")
     args = parser.parse_args()
     results: dict[str, Any] = {"host": platform.node(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="awb-scale-") as tmp:
@@ -171,7 +250,7 @@ def main_bench() -> None:
         endpoint = hub.start()
         try:
             for size in args.sizes:
-                figures = measure(size, Path(tmp) / f"n{size}", endpoint)
+                figures = measure(size, Path(tmp) / f"n{size}", endpoint, args.graphql)
                 results["sizes"][size] = figures
                 print(f"\n{size} plates:")
                 for name, seconds in figures.items():

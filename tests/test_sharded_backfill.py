@@ -24,6 +24,7 @@ from awb_dagster.paths import REPO_ROOT, HomePaths
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.producers import producers_for
 from awb_dagster.provenance.lineage import lineage
+from awb_dagster.provenance.store import RunStore
 from awb_dagster.resources import AwbHome
 from awb_dagster.resources import devices
 from awb_dagster.resources.devices import DeviceLeaseError, claim_device, lease_path, leased_devices
@@ -144,6 +145,23 @@ def test_step_resources_place_concurrent_runs_on_different_cards(tmp_path, monke
     monkeypatch.setattr(devices, "visible_cuda_count", lambda: 1)
     with devices.step_resources(home, instruments, torch_settings, "run c", print) as placed:
         assert placed == (instruments, torch_settings)
+
+
+def test_a_step_looks_up_only_its_own_sealed_pairs(tmp_path):
+    store = RunStore(tmp_path / "store")
+    for first in (0, 3):  # two sealed runs (two shards) of three plates each
+        run = store.open_run(kind="shard")
+        artifact = run.write_bytes("records.bin", b"records")
+        for index in range(first, first + 3):
+            run.add_pair(
+                plate_id=f"p{index}", plate_sha256=f"sha{index}", pin_key="pin", preprocess_tag="tag",
+                record_ids=[f"r{index}"], artifact=artifact,
+            )  # fmt: skip
+        run.seal()
+    assert len(store.sealed_pairs("pin")) == 6
+    step = store.sealed_pairs("pin", plate_ids={"p1", "p4", "p9"})
+    assert sorted(step) == [("p1", "sha1", "tag"), ("p4", "sha4", "tag")]
+    assert store.sealed_pairs("other pin", plate_ids={"p1"}) == {}
 
 
 @pytest.mark.e2e

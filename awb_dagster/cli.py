@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--seal-every", type=int, help="plates per sealed run: a killed run loses at most these (default: 4 batches, >= 64)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("lineage", parents=[common], help="trace a record to plate bytes, pin, run and artifact")

@@ -204,7 +204,10 @@ def _run(args) -> int:
         return 2
     plates = None if args.plates in (None, ["all"]) else args.plates
     # The home goes to the resources explicitly: runs execute in this process.
-    defs = build_definitions(home=str(paths.root), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    defs = build_definitions(
+        home=str(paths.root), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        seal_every=args.seal_every,
+    )  # fmt: skip
     ok = True
     for pin_key in chosen:
         if region_scope:

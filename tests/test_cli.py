@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,13 +48,14 @@ def test_registry_show_dead_alias_says_what_to_use(capsys, tmp_path, alias, hint
 def test_registry_list_json_and_check(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "registry", "list", "--json", "--home", str(tmp_path))
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 57  # 41 hub ids, Tesseract, 6 torchvision, 3 original SAM files, 6 demo
+    # 41 hub ids, Tesseract, 7 torchvision (6 baselines, the demo's tiny ConvNeXt), 3 original SAM files, 10 demo
+    assert code == 0 and len(rows) == 62
     assert set(rows[0]) == {"id", "family", "role", "status", "license", "pin"}
     assert {r["status"] for r in rows} == {"ideas"}  # nothing is pinned in a fresh home
     code, out, _ = run_cli(capsys, "registry", "check", "--home", str(tmp_path))
     assert code == 0
     assert "facebook/dinov2-large: ideas (missing: pin)" in out
-    assert "torchvision/resnet50: ideas (missing: pin, sealed_runs)" in out
+    assert "torchvision/resnet50: ideas (missing: pin)" in out
     assert "facebook/sam-vit-base: ideas (missing: pin)" in out  # the SAM adapter runs sealed
 
 
@@ -135,8 +137,11 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
     regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
+    probes = ["convnet-embeddings", "wikiart-logits", "aesthetic-scores", "probe-axes"]
+    ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
-                            "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions])  # fmt: skip
+                            "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions, *probes,
+                            *ocr])  # fmt: skip
     assert "\nsam masks demo-tiny-sam-hq@" in out
     assert "\nsemantic segmentation demo-tiny-mask2former@" in out and " classes (" in out
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
@@ -151,11 +156,13 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     lock = json.loads((tmp_path / "home" / "pins.lock.json").read_text())
     assert {model: len(pins) for model, pins in lock["pins"].items()} == {
         "awb-demo/tiny-clip": 1, "awb-demo/tiny-siglip": 1, "awb-demo/tiny-dinov2": 1, "awb-demo/tiny-sam": 1,
-        "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1,
+        "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1, "awb-demo/tiny-aesthetic-mlp": 1,
+        "awb-demo/tiny-convnext": 1, "awb-demo/tiny-detr": 1, "awb-demo/tiny-grounding-dino": 1,
+        "awb-demo/tiny-wikiart-convnext": 1, **({"tesseract": 1} if ocr else {}),
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
-    assert len(embedding_runs) == 3 + len(regions)
+    assert len(embedding_runs) == 4 + len(regions)  # clip, siglip, dinov2, convnet
 
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):

@@ -3,8 +3,7 @@
 marks the dead process's Dagster run failed (freeing its `gpu` slot), finishes in bounded time and
 processes only the plates no chunk sealed. The union of sealed records equals a clean run's.
 
-Each `awb run` here is a real subprocess; one sealed run per four plates (``--batch-size 1``, the
-engine's default chunk of four batches)."""
+Each `awb run` here is a real subprocess; one sealed run per four plates (``--seal-every 4``)."""
 
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ def synthetic_plates(count: int) -> dict[str, Image.Image]:
 
 def awb_run(home, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "awb_dagster.cli", "run", "--family", "clip", "--batch-size", "1",
+        [sys.executable, "-m", "awb_dagster.cli", "run", "--family", "clip", "--batch-size", "1", "--seal-every", "4",
          "--home", str(home.paths.root), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
     )  # fmt: skip

@@ -172,7 +172,9 @@ def build_family_asset(producer: Producer, backfill_policy: dg.BackfillPolicy | 
                 inputs,
                 dagster_run_id=context.run_id,
                 force=config.force or force_requested(context.run.tags),
-                stream=StreamSettings(torch_settings.decode_workers, torch_settings.prefetch_batches),
+                stream=StreamSettings(
+                torch_settings.decode_workers, torch_settings.prefetch_batches, torch_settings.seal_every or None
+            ),
                 log=context.log.info,
             )
         with _partition_keys_held(context.instance):

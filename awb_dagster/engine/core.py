@@ -31,7 +31,11 @@ from awb_dagster.provenance.store import Manifest, OpenRun, RunStore, SealedPair
 
 SealedIndex = dict[tuple[str, str, str], SealedPair]
 LOCKS_DIR = "locks"  # under the store root: one lock file per store key
-DEFAULT_CHUNK_BATCHES = 4  # plates sealed per run when StreamSettings.chunk_plates is None, in batches
+# Plates sealed per run when StreamSettings.chunk_plates is None: four batches, and at least
+# DEFAULT_CHUNK_MIN_PLATES, so per-plate families (batch size 1) do not write a manifest every few
+# plates (every manifest is read by reuse and lineage lookups).
+DEFAULT_CHUNK_BATCHES = 4
+DEFAULT_CHUNK_MIN_PLATES = 64
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,13 @@ class StreamSettings:
 
     workers: int = 4
     prefetch_batches: int = 2
-    # Plates per sealed run (a kill loses at most one chunk); None: DEFAULT_CHUNK_BATCHES batches.
+    # Plates per sealed run (a kill loses at most one chunk); None: the default above.
     chunk_plates: int | None = None
 
     def chunk_size(self, batch_size: int) -> int:
-        return max(1, self.chunk_plates or DEFAULT_CHUNK_BATCHES * max(1, batch_size))
+        if self.chunk_plates:
+            return max(1, self.chunk_plates)
+        return max(DEFAULT_CHUNK_MIN_PLATES, DEFAULT_CHUNK_BATCHES * max(1, batch_size))
 
 
 def pin_lock_path(store: RunStore, store_key: str) -> Path:

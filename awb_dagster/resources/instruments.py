@@ -37,6 +37,12 @@ class TorchResource(dg.ConfigurableResource):
     batch_size: int = Field(default=32, ge=1, description="Plates per forward pass")
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding plates ahead of the model")
     prefetch_batches: int = Field(default=2, ge=0, description="Batches decoded ahead of the model")
+    seal_every: int = Field(
+        default=0,
+        ge=0,
+        description="Plates per sealed run (a killed run loses at most this many); 0 = four batches, "
+        "at least 64 plates",
+    )
     jpeg_draft: bool = Field(
         default=True,
         description="Decode JPEGs at the largest DCT reduction keeping both sides >= 2x the "

@@ -86,6 +86,7 @@ def build_resources(
     decode_workers: int | None = None,
     jpeg_draft: bool | None = None,
     decoder: str | None = None,
+    seal_every: int | None = None,
     license_opt_in: list[str] | None = None,
 ) -> dict[str, dg.ConfigurableResource]:
     """The code location's resources; an argument given here wins over the environment."""
@@ -102,6 +103,7 @@ def build_resources(
         decode_workers=decode_workers or env_int("AWB_DECODE_WORKERS", 4),
         jpeg_draft=jpeg_draft if jpeg_draft is not None else env_flag("AWB_JPEG_DRAFT", True),
         decoder=decoder or os.environ.get("AWB_DECODER", "pil"),
+        seal_every=seal_every if seal_every is not None else env_int("AWB_SEAL_EVERY", 0),
     )
     opt_in = license_opt_in if license_opt_in is not None else env_list("AWB_LICENSE_OPT_IN")
     return {

@@ -86,6 +86,8 @@ def test_dagster_dev_in_the_root_serves_the_family_assets_and_stops_clean(tmp_pa
             dev.wait()
             pytest.fail(f"dagster dev did not stop on SIGINT within 90 s:\n{log.read_text()[-4000:]}")
     output = log.read_text()
+    # dagster dev returns once it has told its code servers to stop; give them time to exit.
+    psutil.wait_procs(started, timeout=30)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [(p.pid, p.cmdline()) for p in left]
     server = embedded_server(str(tmp_path / "home"))

@@ -16,7 +16,8 @@ from PIL import Image
 from awb_dagster.assets.factory import job_name
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION
 from awb_dagster.engine.metadata import FORCE_TAG
-from awb_dagster.engine.plate_view import THUMBNAIL_SIDE, preprocess_fields
+from awb_dagster.engine.plate_view import preprocess_fields
+from awb_dagster.plates.thumbnails import THUMBNAIL_SIDE
 from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 from awb_dagster.runner import materialize_family
 from demo_homes import make_demo_home

@@ -457,7 +457,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     catalog.save()
     first_text = catalog.path.read_text()
     written = sorted(p.name for p in catalog.path.parent.iterdir())
-    assert written == ["catalog.json", "rejections.json"]  # no temporary file left behind
+    assert written == ["catalog.json", "rejections.json", "thumbnails"]  # no temporary file left behind
+    assert all(not p.name.startswith(".") for p in (catalog.path.parent / "thumbnails").iterdir())
 
     loaded = PlateCatalog.load(catalog.path)
     assert loaded.plates == catalog.plates
@@ -484,3 +485,24 @@ def test_load_missing_is_empty_and_corrupt_names_the_file(tmp_path: Path) -> Non
 def test_get_unknown_plate_says_how_to_register(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="awb plates add"):
         PlateCatalog(tmp_path / "catalog.json").get("nope")
+
+
+def test_scan_leaves_a_thumbnail_per_plate_bytes(tmp_path):
+    """The scan decodes every new file anyway; each plate's bytes leave a small PNG thumbnail beside
+    the catalog, under the rgb-v1 color policy (a transparent palette PNG included)."""
+    from PIL import Image
+
+    from awb_dagster.plates.thumbnails import THUMBNAIL_SIDE, thumbnail_path
+
+    folder = tmp_path / "plates"
+    folder.mkdir()
+    Image.new("RGB", (640, 320), (200, 10, 10)).save(folder / "wide.jpg")
+    palette = Image.new("P", (50, 80), 1)
+    palette.info["transparency"] = 1
+    palette.save(folder / "clear.png")
+    catalog, _ = scan(folder)
+    assert len(catalog.plates) == 2
+    for plate in catalog.plates.values():
+        with Image.open(thumbnail_path(catalog.path, plate.sha256)) as thumb:
+            assert thumb.format == "PNG"
+            assert max(thumb.size) == min(THUMBNAIL_SIDE, max(plate.width, plate.height))

@@ -240,7 +240,7 @@ class PlateCatalog:
         accepted: list[AcceptedFile] = []
         for path in paths:
             try:
-                accepted.append(examine_file(path, self._last_scan(path, known_by_sha), max_pixels))
+                accepted.append(examine_file(path, self._last_scan(path, known_by_sha), max_pixels, self.path))
             except PlateError as exc:
                 rejected.append(Rejection(exc.path, exc.reason))
 

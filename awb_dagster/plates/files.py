@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from awb_dagster.hashing import sha256_stream
+from awb_dagster.plates.thumbnails import keep_thumbnail, thumbnail_path, thumbnail_png
 from awb_dagster.plates.imaging import (
     PlateError,
     exif_orientation,
@@ -91,11 +92,14 @@ def list_image_files(roots: list[Path], recursive: bool) -> tuple[list[str], lis
     return sorted(found), sorted(unreadable, key=lambda r: r.path)
 
 
-def examine_file(path: str, last_scan: AcceptedFile | None, max_pixels: int) -> AcceptedFile:
+def examine_file(
+    path: str, last_scan: AcceptedFile | None, max_pixels: int, thumbnails_for: Path | None = None
+) -> AcceptedFile:
     """Accept one file, or raise :class:`PlateError` saying why not.
 
     ``last_scan`` is what an earlier scan accepted at ``path`` (None if nothing): when the file's
     size and mtime still match its stamp, it is taken as is, without reading the file again.
+    With ``thumbnails_for`` (the catalog's path), the decoded image also leaves its thumbnail there.
     """
     try:
         status = os.stat(path)
@@ -118,6 +122,8 @@ def examine_file(path: str, last_scan: AcceptedFile | None, max_pixels: int) -> 
             stream.seek(0)
             with open_checked(path, stream, max_pixels=max_pixels) as image:
                 width, height = oriented_size(image)
+                if thumbnails_for is not None and not thumbnail_path(thumbnails_for, sha256).is_file():
+                    keep_thumbnail(thumbnail_path(thumbnails_for, sha256), thumbnail_png(image))
                 return AcceptedFile(
                     path=path,
                     stamp=FileStamp(status.st_size, status.st_mtime_ns, sha256),

@@ -81,7 +81,8 @@ def test_failed_range_run_marks_its_partitions_failed(source, tmp_path):
 
 
 def test_instance_batches_event_writes_without_the_environment(tmp_path):
-    with home_instance(HomePaths(tmp_path)) as instance:
+    # The embedded default by name: .ci/run reruns this file with AWB_INSTANCE_YAML=dagster.sqlite.yaml.
+    with home_instance(HomePaths(tmp_path), INSTANCE_YAML) as instance:
         assert type(instance).__name__ == "AwbInstance"
         assert instance._get_event_batch_size() == EVENT_BATCH_SIZE
         assert instance.event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
@@ -91,14 +92,14 @@ def test_instance_batches_event_writes_without_the_environment(tmp_path):
 def test_the_server_stops_when_the_last_holder_lets_go(tmp_path):
     paths = HomePaths(tmp_path)
     server = embedded_server(str(tmp_path))
-    first = open_instance(paths)
-    second = open_instance(paths)
+    first = open_instance(paths, source=INSTANCE_YAML)  # the embedded server, whatever AWB_INSTANCE_YAML says
+    second = open_instance(paths, source=INSTANCE_YAML)
     assert server.running() and list(server.holders()) == [str(os.getpid())]
     first.dispose()
     assert server.running()  # the second instance still holds it
     second.dispose()
     assert not server.running() and server.holders() == {}
-    with home_instance(paths) as instance:  # starts again, data kept
+    with home_instance(paths, INSTANCE_YAML) as instance:  # starts again, data kept
         assert instance.get_dynamic_partitions(PINS.name) == []
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,26 +111,16 @@ def run_step(
     for pin_key, keyed_plates in by_pin.items():
         session = producer.open(pin_key, settings, inputs)
         result.sessions[pin_key] = session
-        _run_pin(
-            session, pin_key, keyed_plates, result,
-            catalog=inputs.catalog, store=inputs.store, force=force, dagster_run_id=dagster_run_id, stream=stream, log=log,
-        )  # fmt: skip
+        with _pin_lock(session, inputs.store, log):
+            _plan_and_run(
+                session, pin_key, keyed_plates, result,
+                catalog=inputs.catalog, store=inputs.store, force=force, dagster_run_id=dagster_run_id, stream=stream, log=log,
+            )  # fmt: skip
     return result
 
 
-def _run_pin(
-    session: PinSession,
-    pin_key: str,
-    keyed_plates: Sequence[tuple[str, str]],
-    result: StepResult,
-    *,
-    catalog: PlateCatalog,
-    store: RunStore,
-    force: bool,
-    dagster_run_id: str,
-    stream: StreamSettings,
-    log: Callable[[str], None],
-) -> None:
+def _pin_lock(session: PinSession, store: RunStore, log: Callable[[str], None]) -> AbstractContextManager[None]:
+    """The pin's lock on this home, held from planning to the last seal; says so while it waits."""
     lock_path = pin_lock_path(store, session.store_key)
 
     def waiting() -> None:
@@ -138,11 +129,7 @@ def _run_pin(
             "waiting for it, then reusing what it sealed"
         )
 
-    with hold_lock(lock_path, on_wait=waiting):
-        _plan_and_run(
-            session, pin_key, keyed_plates, result,
-            catalog=catalog, store=store, force=force, dagster_run_id=dagster_run_id, stream=stream, log=log,
-        )  # fmt: skip
+    return hold_lock(lock_path, on_wait=waiting)
 
 
 def _plan_and_run(

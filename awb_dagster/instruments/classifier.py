@@ -23,14 +23,13 @@ import torch
 from awb_dagster.instruments.common import (
     InstrumentError,
     hub_kwargs,
+    load_pinned,
     norm_text,
     pin_provenance,
-    quiet_transformers,
     require_pin_of,
     resolve_device,
     resolve_dtype,
     size_text,
-    weights_error,
 )
 from awb_dagster.instruments.embedding import describe_processor
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag, load_rgb
@@ -91,18 +90,12 @@ class ImageClassifier:
         self.pin = pin
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
-        transformers = quiet_transformers()
-        try:
-            self.processor = transformers.AutoImageProcessor.from_pretrained(instrument.id, **kwargs)
-            model = transformers.AutoModelForImageClassification.from_pretrained(
-                instrument.id, use_safetensors=True, dtype=self.dtype, **kwargs
-            )
-        except OSError as exc:
-            raise weights_error(instrument.id, pin, exc) from exc
-        self.model = model.eval().to(self.device)
-        self.model_class = type(model).__name__
-        id2label = model.config.id2label
+        self.processor, self.model = load_pinned(
+            instrument.id, pin, "AutoImageProcessor", "AutoModelForImageClassification", dtype=self.dtype,
+            device=self.device, hub=hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only),
+        )  # fmt: skip
+        self.model_class = type(self.model).__name__
+        id2label = self.model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
         self.label_set_sha256 = label_set_sha256(self.labels)
         declared = instrument.expected_dim

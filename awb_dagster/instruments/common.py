@@ -82,6 +82,24 @@ def weights_error(model_id: str, pin: Pin, exc: OSError) -> InstrumentError:
     )
 
 
+def load_pinned(
+    model_id: str, pin: Pin, processor_class: str, model_class: str, *, dtype: Any, device: Any,
+    hub: dict[str, Any], **model_kwargs: Any,
+) -> tuple[Any, Any]:
+    """A processor and a model of transformers' ``processor_class`` / ``model_class`` at the pin
+    (``hub``: :func:`hub_kwargs`), weights through safetensors only, the model in eval mode on
+    ``device``; a load failure is :func:`weights_error`."""
+    transformers = quiet_transformers()
+    try:
+        processor = getattr(transformers, processor_class).from_pretrained(model_id, **hub)
+        model = getattr(transformers, model_class).from_pretrained(
+            model_id, use_safetensors=True, dtype=dtype, **hub, **model_kwargs
+        )
+    except OSError as exc:
+        raise weights_error(model_id, pin, exc) from exc
+    return processor, model.eval().to(device)
+
+
 def pin_provenance(instrument: Instrument, pin: Pin) -> dict[str, Any]:
     """The identity part of an instrument's manifest entry: which model, which weights,
     under which license, with its declared failure modes."""

@@ -26,6 +26,7 @@ import torch
 from awb_dagster.instruments.common import (
     InstrumentError,
     hub_kwargs,
+    load_pinned,
     norm_text,
     pin_provenance,
     quiet_transformers,
@@ -117,19 +118,17 @@ class ObjectDetector:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
-        transformers = quiet_transformers()
         try:
-            config = transformers.AutoConfig.from_pretrained(instrument.id, **kwargs)
-            require_backbone_available(instrument.id, pin, config)
-            self.processor = transformers.AutoImageProcessor.from_pretrained(instrument.id, **kwargs)
-            model = transformers.AutoModelForObjectDetection.from_pretrained(
-                instrument.id, config=config, use_safetensors=True, dtype=self.dtype, **kwargs
-            )
+            config = quiet_transformers().AutoConfig.from_pretrained(instrument.id, **kwargs)
         except OSError as exc:
             raise weights_error(instrument.id, pin, exc) from exc
-        self.model = model.eval().to(self.device)
-        self.model_class = type(model).__name__
-        id2label = model.config.id2label
+        require_backbone_available(instrument.id, pin, config)
+        self.processor, self.model = load_pinned(
+            instrument.id, pin, "AutoImageProcessor", "AutoModelForObjectDetection", dtype=self.dtype,
+            device=self.device, hub=kwargs, config=config,
+        )  # fmt: skip
+        self.model_class = type(self.model).__name__
+        id2label = self.model.config.id2label
         self.labels = {int(i): str(name) for i, name in id2label.items()}
         config_dict = self.processor.to_dict()
         spec = describe_processor(self.processor)

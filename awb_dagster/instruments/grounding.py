@@ -22,14 +22,13 @@ import torch
 from awb_dagster.instruments.common import (
     InstrumentError,
     hub_kwargs,
+    load_pinned,
     norm_text,
     pin_provenance,
-    quiet_transformers,
     require_pin_of,
     resolve_device,
     resolve_dtype,
     size_text,
-    weights_error,
 )
 from awb_dagster.instruments.detection import BOX_CLIPPING, DetectedBox, clip_xyxy
 from awb_dagster.instruments.embedding import describe_processor
@@ -84,17 +83,11 @@ class GroundedDetector:
         self.text_threshold = float(text_threshold)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        kwargs = hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only)
-        transformers = quiet_transformers()
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(instrument.id, **kwargs)
-            model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(
-                instrument.id, use_safetensors=True, dtype=self.dtype, **kwargs
-            )
-        except OSError as exc:
-            raise weights_error(instrument.id, pin, exc) from exc
-        self.model = model.eval().to(self.device)
-        self.model_class = type(model).__name__
+        self.processor, self.model = load_pinned(
+            instrument.id, pin, "AutoProcessor", "AutoModelForZeroShotObjectDetection", dtype=self.dtype,
+            device=self.device, hub=hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only),
+        )  # fmt: skip
+        self.model_class = type(self.model).__name__
         self._special_tokens = set(self.processor.tokenizer.all_special_tokens)
         image_processor = self.processor.image_processor
         spec = describe_processor(image_processor)

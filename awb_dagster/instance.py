@@ -25,6 +25,7 @@ import yaml
 
 from awb_dagster.constants import GPU_POOL
 from awb_dagster.paths import HOME_ENV, REPO_ROOT, HomePaths
+from awb_dagster.run_workers import HOST_TAG, PID_TAG, dead_worker, process_tags
 
 INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
 SQLITE_INSTANCE_YAML = REPO_ROOT / "dagster.sqlite.yaml"
@@ -119,13 +120,11 @@ def home_instance(paths: HomePaths, source: Path | None = None) -> Iterator[dg.D
 
 
 # --- runs of dead processes --------------------------------------------------------------
-# Runs that awb executes in its own process (`awb run`, `awb demo`) are invisible to the daemon's
-# run monitoring: they are tagged with their process, and a run whose process is gone is marked
-# failed, its pool slots freed, by the next awb command and by the plate sensor's tick.
+# Every run names its process in tags (awb_dagster/run_workers.py). The daemon's run monitoring
+# checks launched runs through AwbRunLauncher; runs that awb executes in its own process
+# (`awb run`, `awb demo`) and homes without a daemon are covered here: a run whose process is
+# gone is marked failed, its pool slots freed, by the next awb command and the plate sensor's tick.
 
-HOST_TAG = "awb/host"
-PID_TAG = "awb/pid"
-PID_STARTED_TAG = "awb/pid_started"  # the process's start time (clock ticks since boot): pids are reused
 _ACTIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -134,45 +133,18 @@ _ACTIVE_STATUSES = [
 ]
 
 
-def _process_started(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time), or None where /proc does not say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def process_tags() -> dict[str, str]:
-    """Tags naming the process that executes a run in-process."""
-    pid = os.getpid()
-    return {HOST_TAG: platform.node(), PID_TAG: str(pid), PID_STARTED_TAG: _process_started(pid) or ""}
-
-
-def _process_alive(pid: int, started: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    now = _process_started(pid)
-    return not (started and now is not None and now != started)  # same pid, another process
-
-
 def fail_runs_of_dead_processes(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the unfinished runs that a process of this host executed in-process and that
-    process is gone (killed, crashed), and free their pool slots. Returns their run ids."""
-    host = platform.node()
+    """Mark failed the unfinished runs that a process of this host executed and that process is
+    gone (killed, crashed), and free their pool slots. Returns their run ids."""
     failed = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES, tags={HOST_TAG: host})):
-        pid_text = run.tags.get(PID_TAG, "")
-        if not pid_text.isdigit() or _process_alive(int(pid_text), run.tags.get(PID_STARTED_TAG, "")):
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES, tags={HOST_TAG: platform.node()})):
+        reason = dead_worker(run.tags)
+        if reason is None:
             continue
         instance.report_run_failed(
             run,
-            message=f"the process {pid_text} on {host} that executed this run is gone (killed or crashed); awb "
-            "marked the run failed and freed its pool slots. Its sealed chunks stay; a re-run completes the rest.",
+            message=f"{reason}; awb marked the run failed and freed its pool slots. Its sealed chunks stay; "
+            "a re-run completes the rest.",
         )
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         failed.append(run.run_id)

@@ -30,6 +30,7 @@ from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg
 
 from awb_dagster.instance_server import EmbeddedPostgres
 from awb_dagster.paths import HomePaths, resolve_home
+from awb_dagster.run_workers import PID_TAG, process_tags
 
 EVENT_BATCH_SIZE = 100
 EVENT_PAGE = 10_000  # the event log refuses more records per call
@@ -190,6 +191,18 @@ class AwbInstance(dg.DagsterInstance):
 
     def _get_event_batch_size(self) -> int:
         return EVENT_BATCH_SIZE
+
+    def handle_new_event(self, event: Any, *, batch_metadata: Any = None) -> None:
+        """Store the event; when it is a run's start, name the process reporting it (the run's
+        worker) in the run's tags unless the launcher did (``awb_dagster.run_workers``), so a run
+        whose worker dies is detected whoever launched it."""
+        super().handle_new_event(event, batch_metadata=batch_metadata)
+        dagster_event = event.dagster_event
+        if dagster_event is None or dagster_event.event_type != dg.DagsterEventType.RUN_START:
+            return
+        run = self.get_run_by_id(event.run_id)
+        if run is not None and PID_TAG not in run.tags:
+            self.add_run_tags(event.run_id, process_tags())
 
     # Dynamic partition keys, held while a step attaches its per-partition metadata
     # (:meth:`dynamic_partitions_held`). Dagster's add_asset_metadata re-resolves the step's

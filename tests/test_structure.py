@@ -48,6 +48,8 @@ LAYER_OF = {
     f"{PACKAGE}.instance": "resources",
     f"{PACKAGE}.instance_server": "resources",
     f"{PACKAGE}.instance_storage": "resources",
+    f"{PACKAGE}.run_workers": "resources",  # which process executes a run, and is it alive
+    f"{PACKAGE}.run_launcher": "resources",  # the instances' run launcher (worker health)
     f"{PACKAGE}.partitions": "assets",  # the assets' partition definitions and key helpers
     f"{PACKAGE}.assets": "assets",
     f"{PACKAGE}.definitions": "definitions",

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
+from awb_dagster.demo.quiet import StepLine
 from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
@@ -15,8 +16,17 @@ SAMPLE_PLATES = Path(__file__).resolve().parent.parent / "sample_plates"
 DEMO_CONVNET = "awb-demo/tiny-convnext"  # a torchvision architecture, pinned from a local weight file
 
 
+_STEP = StepLine()
+
+
 def _say(message: str) -> None:
+    _STEP.clear()
     print(message, flush=True)
+
+
+def _step(message: str) -> None:
+    """Progress: the step at work, on the one line a terminal shows (nothing when piped)."""
+    _STEP.show(f"awb demo: {message} ...")
 
 
 def run_demo(home: Path, plates_dir: Path | None = None) -> int:
@@ -54,7 +64,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         for repo_id in DEMO_REPOS:
             pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
-            _say(f"pinned {repo_id} -> {pin.key}")
+            _step(f"pinned {repo_id} -> {pin.key}")
+        _say(f"pinned {len(DEMO_REPOS)} demo models at their loopback hub heads (awb registry list --home {paths.root})")
         # The tiny ConvNet is a local torchvision weight file, pinned as real torchvision weights are.
         convnet_file = write_tiny_convnext(paths.root / "demo-weights")
         pin = capture_torchvision_pin(registry.get(DEMO_CONVNET).instrument, convnet_file, weights_dir=paths.weights)
@@ -64,6 +75,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         lock.save(paths.lock)
 
         home_resource = AwbHome(home=str(paths.root))
+        _step("scanning plates")
         catalog, scan = scan_plates(home_resource, [plates_dir or SAMPLE_PLATES])
         _say(f"plates: {scan.summary()}")
         for rejection in scan.rejected:
@@ -84,6 +96,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
                 if entry.instrument.section != "demo" or entry.active_pin is None:
                     continue
                 pin_key = entry.active_pin.key
+                _step(f"{family} {pin_key} over {len(plate_ids)} plates")
                 started = time.perf_counter()
                 runs = materialize_family(defs, instance, family, pin_key, plate_ids)
                 seconds = time.perf_counter() - started
@@ -104,6 +117,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
                 )
         _say("")
         _say(text_table(summary, ["family", "pin", "plates", "records", "runs", "dagster_runs", "seconds"]))
+        _step("atlas, disagreement and topology report")
         if not _atlas_summary(defs, instance, len(plate_ids)):
             return 1
         if not _sam_summary(defs, instance, registry):
@@ -113,6 +127,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         if not _semantic_summary(defs, instance, registry):
             return 1
+        _step("OCR and probes")
         if ocr_pin and not ocr_summary(defs, instance, ocr_pin, plate_ids, _say):
             return 1
         probe_record = probe_summary(defs, instance, registry, home_resource.store(), _say)
@@ -182,6 +197,7 @@ def _sam_summary(defs, instance, registry) -> bool:
         if not entry.instrument.demo or entry.active_pin is None:
             continue
         pin_key = entry.active_pin.key
+        _step(f"sam masks {pin_key}")
         started = time.perf_counter()
         runs = materialize_masks(defs, instance, pin_key, config=DEMO_SAM_CONFIG)
         if not all(run.success for run in runs):
@@ -227,6 +243,7 @@ def _region_summary(defs, instance, registry, home_resource) -> str | None:
     jobs = [("segment", segment_pin_key(e, s), DEMO_SEGMENT_CONFIG) for e in demo_pins(("clip", "dinov2")) for s in demo_pins(("sam",))]
     jobs += [("tile", e, DEMO_TILE_CONFIG) for e in demo_pins(("clip", "dinov2"))]
     for scope, key, config in jobs:
+        _step(f"{scope} embeddings {key}")
         started = time.perf_counter()
         runs = materialize_regions(defs, instance, scope, key, config=config)
         if not all(run.success for run in runs):
@@ -258,6 +275,7 @@ def _semantic_summary(defs, instance, registry) -> bool:
         if not entry.instrument.demo or entry.active_pin is None:
             continue
         pin_key = entry.active_pin.key
+        _step(f"semantic segmentation {pin_key}")
         started = time.perf_counter()
         runs = materialize_semantic(defs, instance, pin_key)
         if not all(run.success for run in runs):

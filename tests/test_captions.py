@@ -153,3 +153,15 @@ def test_blip_captions_end_to_end(pins, loopback_hub, tmp_path_factory):
         assert json.loads(row["decoding"]) == asdict(Decoding(max_new_tokens=4))
         assert row["token_count"] == len(row["token_ids"]) <= 4 and bool(row["text"]) != bool(row["empty_reason"])
         assert f"prompt={row['prompt_id']}@v1:" in row["preprocess_tag"] and "max_new=4" in row["preprocess_tag"]
+
+
+def test_a_blip2_revision_without_query_tokens_is_refused(pins, loopback_hub, tmp_path):
+    from awb_dagster.demo.tiny_captioners import build_tiny_captioner_files
+
+    files = build_tiny_captioner_files("blip2-opt")
+    del files["processor_config.json"]  # no num_query_tokens: transformers 5 would not place the image in the text
+    legacy = replace(Registry.load().get("awb-demo/tiny-blip2-opt").instrument, id="awb-demo/tiny-blip2-no-query-tokens")
+    loopback_hub.hub.add_commit(legacy.id, files, license="apache-2.0", pipeline_tag="image-text-to-text", library_name="transformers")
+    pin = capture_pin(legacy, endpoint=loopback_hub.endpoint, cache_dir=tmp_path)
+    with pytest.raises(InstrumentError, match="needs num_query_tokens in processor_config.json"):
+        Captioner(legacy, pin, PROMPTS.get("caption.plain"), device="cpu", cache_dir=tmp_path)

@@ -49,6 +49,7 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}"
     "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -142,7 +143,13 @@ _BUILDERS: dict[CaptionerKind, Callable[[Path], tuple[object, object]]] = {
 
 
 def build_tiny_captioner_files(kind: CaptionerKind, seed: int = 0) -> dict[str, bytes]:
-    """File name -> bytes of a tiny ``kind`` captioner repo, deterministic for ``seed``."""
+    """File name -> bytes of a tiny ``kind`` captioner repo, deterministic for ``seed``, under the
+    file names the hub repos carry: ``preprocessor_config.json`` (the image processor), the
+    tokenizer's own files, BLIP-2's ``processor_config.json`` (``num_query_tokens``) and
+    Qwen2-VL's ``chat_template.json``, rather than the single ``processor_config.json`` that
+    transformers 5's ``save_pretrained`` writes; both load into the same processor."""
+    import shutil
+
     import torch
 
     with tempfile.TemporaryDirectory(prefix=f"awb-tiny-{kind}-") as tmp:
@@ -152,7 +159,16 @@ def build_tiny_captioner_files(kind: CaptionerKind, seed: int = 0) -> dict[str, 
             model, processor = _BUILDERS[kind](folder)
         out = folder / "repo"
         model.save_pretrained(out, safe_serialization=True)
-        processor.save_pretrained(out)
+        processor.image_processor.save_pretrained(out)
+        processor.tokenizer.save_pretrained(out)
+        for name in ("vocab.txt", "vocab.json", "merges.txt"):  # the slow tokenizers' files the repos also carry
+            if (folder / name).exists():
+                shutil.copy(folder / name, out / name)
+        if kind.startswith("blip2"):
+            processor_config = {"num_query_tokens": processor.num_query_tokens, "processor_class": "Blip2Processor"}
+            (out / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n", encoding="utf-8")
+        if kind == "qwen2-vl":
+            (out / "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}, indent=2) + "\n", encoding="utf-8")
         return {path.name: path.read_bytes() for path in sorted(out.iterdir()) if path.is_file()}
 
 

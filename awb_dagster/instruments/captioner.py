@@ -91,6 +91,12 @@ class Captioner:
             instrument.id, pin, self.architecture.processor, self.architecture.model, dtype=self.dtype, device=self.device,
             hub=hub_kwargs(instrument, pin, cache_dir=cache_dir, local_files_only=local_files_only),
         )  # fmt: skip
+        if instrument.family == "blip2" and (self.processor.num_query_tokens is None or self.model.config.image_token_index is None):
+            raise InstrumentError(
+                f"{instrument.id}@{pin.sha}: a BLIP-2 checkpoint needs num_query_tokens in processor_config.json and "
+                "image_token_index in config.json (transformers 5 puts the image's query tokens into the text through "
+                "them); this revision lacks one: pin a revision of the repo that has both"
+            )
         self.preprocess_spec = self._preprocess_spec()
         self.preprocess_tag = "|".join(f"{k}={v}" for k, v in self.preprocess_spec.items()) + f"|{prompt.tag()}|{decoding.tag()}"
 

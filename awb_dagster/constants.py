@@ -9,6 +9,8 @@ SEMANTIC_FAMILIES = ("mask2former",)
 # Text from plates (OCR): the Tesseract engine installed here, pinned by version + traineddata sha256.
 OCR_FAMILIES = ("tesseract", "trocr")
 GROUP_TEXT = "text"
+# Captioners and VLMs (seed 10.2): one caption per plate × pin with a registry prompt and declared decoding.
+CAPTION_FAMILIES = ("blip", "blip2", "qwen2-vl")
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)
 # Classifier probes (seed 7.3, 7.4): logits with label names, measured axes, never authority.

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from awb_dagster.constants import (
+    CAPTION_FAMILIES,
     EMBEDDING_FAMILIES,
     PIN_DIMENSION,
     PLATE_DIMENSION,
@@ -58,7 +59,7 @@ def pins_partitions_name(family: str) -> str:
 
 pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
     family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
-    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES, *PROBE_FAMILIES, *DETECTION_FAMILIES, *GROUNDING_FAMILIES, *SCORE_FAMILIES)
+    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES, *PROBE_FAMILIES, *DETECTION_FAMILIES, *GROUNDING_FAMILIES, *SCORE_FAMILIES, *CAPTION_FAMILIES)
 }
 
 # The registry families whose pins each pins partition lists: its own family, except that the

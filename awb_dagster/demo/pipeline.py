@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
+from awb_dagster.demo.caption_demo import caption_summary, pin_demo_captioner, publish_demo_captioner
 from awb_dagster.demo.quiet import StepLine
 from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
 from awb_dagster.paths import HomePaths
@@ -55,6 +56,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     if missing:
         _say(f"building tiny checkpoints {', '.join(missing)} (random weights: outputs carry no meaning)")
         publish_demo_repos(hub, only=missing)
+    publish_demo_captioner(hub, _say)
     with hub:
         endpoint = hub.start()
         _say(f"loopback hub serving {len(DEMO_REPOS)} demo repos at {endpoint}")
@@ -72,6 +74,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         lock.add(pin)
         _say(f"pinned {DEMO_CONVNET} -> {pin.key} (local file {convnet_file.name}, copied into {paths.weights})")
         ocr_pin = pin_installed_tesseract(registry, lock, _say)  # the real engine, not a checkpoint
+        caption_pin = pin_demo_captioner(registry, lock, endpoint, paths.hf_cache, _say)
         lock.save(paths.lock)
 
         home_resource = AwbHome(home=str(paths.root))
@@ -129,6 +132,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         _step("OCR and probes")
         if ocr_pin and not ocr_summary(defs, instance, ocr_pin, plate_ids, _say):
+            return 1
+        if not caption_summary(defs, instance, home_resource.store(), caption_pin, plate_ids[0], _say):
             return 1
         probe_record = probe_summary(defs, instance, registry, home_resource.store(), _say)
         if probe_record is None or not probe_axes_summary(defs, instance, _say):

@@ -72,6 +72,7 @@ class Instrument:
     file_sha256: str | None = None  # source "url": sha256 of that file; its pins carry this sha
     aliases: tuple[str, ...] = ()
     demo: bool = False
+    min_memory_gb: float | None = None  # free device memory (GiB) a run needs: less refuses before loading
 
     @property
     def license_flagged(self) -> bool:
@@ -106,7 +107,7 @@ def load_roster(path: Path) -> tuple[list[Instrument], list[DeadAlias]]:
     return _parse_roster(raw, path)
 
 
-_STR, _INT, _BOOL, _STRS = "string", "positive integer", "boolean", "list of strings"
+_STR, _INT, _BOOL, _STRS, _NUM = "string", "positive integer", "boolean", "list of strings", "positive number"
 _FIELD_TYPES: dict[str, str] = {
     "id": _STR, "key": _STR, "family": _STR, "role": _STR, "section": _STR, "source": _STR,
     "pipeline_tag": _STR, "library": _STR, "license": _STR, "output_kind": _STR,
@@ -114,7 +115,7 @@ _FIELD_TYPES: dict[str, str] = {
     "dim_config_field": _STR, "size_config_field": _STR, "preprocessing": _STR,
     "failure_modes": _STRS, "intended_use": _STR, "notes": _STR, "sealed_runs": _BOOL, "trust_remote_code": _BOOL,
     "weight_id": _STR, "library_version": _STR, "aliases": _STRS, "demo": _BOOL,
-    "url": _STR, "file_sha256": _STR,
+    "url": _STR, "file_sha256": _STR, "min_memory_gb": _NUM,
 }  # fmt: skip
 _REQUIRED = ("id", "key", "family", "role", "section", "source")
 
@@ -126,6 +127,8 @@ def _type_ok(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
     if kind == _BOOL:
         return isinstance(value, bool)
+    if kind == _NUM:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
 
 
@@ -198,6 +201,8 @@ def _parse_instrument(table: Mapping[str, Any], index: int, path: Path) -> Instr
         if config_field in values and declared not in values:
             raise fail(config_field, f"names a config field but {declared} is not declared")
 
+    if "min_memory_gb" in values:
+        values["min_memory_gb"] = float(values["min_memory_gb"])
     values["failure_modes"] = tuple(values.get("failure_modes", ()))
     values["aliases"] = tuple(values.get("aliases", ()))
     return Instrument(**values)

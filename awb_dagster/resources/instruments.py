@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
+from awb_dagster.instruments.captioner import Captioner
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.detection import ObjectDetector
@@ -253,6 +254,18 @@ class InstrumentsResource(dg.ConfigurableResource):
             raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
         return LineRecognizer(
             instrument, pin, decoding, device=self.torch.device, dtype=self.torch.dtype,
+            cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+        )  # fmt: skip
+
+    def captioner(self, pin_key: str, family: str, prompt: Prompt, decoding: Decoding) -> Captioner:
+        """The captioner of ``pin_key`` with ``prompt`` and ``decoding``, after the gates; a row's
+        ``min_memory_gb`` is checked against the device before anything loads."""
+        try:
+            instrument, pin = self._admitted(pin_key, family)
+        except LicenseOptInError as exc:
+            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+        return Captioner(
+            instrument, pin, prompt, decoding, device=self.torch.device, dtype=self.torch.dtype,
             cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
         )  # fmt: skip
 

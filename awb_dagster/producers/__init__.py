@@ -11,6 +11,7 @@ from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
+from awb_dagster.producers.foreground import ForegroundProducer
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.trocr_lines import TrocrProducer
 from awb_dagster.producers.probes import PROBE_PRODUCERS
@@ -39,6 +40,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{producer.family: producer for producer in DETECTION_PRODUCERS},
     GroundingProducer.family: GroundingProducer(),
     _AESTHETIC.family: _AESTHETIC,
+    ForegroundProducer.family: ForegroundProducer(),
 }
 
 

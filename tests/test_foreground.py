@@ -5,7 +5,7 @@ ones included) and the IoU with the union of a SAM pin's sealed masks."""
 from __future__ import annotations
 
 import io
-import sys
+import random
 import zipfile
 
 import numpy as np
@@ -48,9 +48,10 @@ def _tiny_state() -> dict[str, torch.Tensor]:
 def test_pre_and_post_processing_are_carvekits(tmp_path, monkeypatch):
     """The adapter's tensors and saliency maps equal carvekit 4.1.2's own U2NET wrapper's, byte for byte."""
     monkeypatch.setenv("HOME", str(tmp_path))  # carvekit.ml.files makes ~/.cache/carvekit when imported
-    for name in [m for m in sys.modules if m.startswith("carvekit")]:
-        monkeypatch.delitem(sys.modules, name)
-    from carvekit.ml.wrap.u2net import U2NET
+    python_random = random.getstate()
+    with torch.random.fork_rng(devices=[]):  # importing carvekit.ml seeds the generators (fix_seed)
+        from carvekit.ml.wrap.u2net import U2NET
+    random.setstate(python_random)
 
     carvekit = U2NET(layers_cfg=TINY_LAYERS, device="cpu", input_image_size=64, load_pretrained=False)
     state = _tiny_state()
@@ -64,7 +65,8 @@ def test_pre_and_post_processing_are_carvekits(tmp_path, monkeypatch):
         assert torch.equal(tensor, carvekit.data_preprocessing(image))
         with torch.inference_mode():
             d0 = ours(tensor)[0][0]
-            assert torch.equal(d0, super(U2NET, carvekit).__call__(tensor)[0][0])
+            if name == PLATES[0]:  # the same class and weights: one plate shows the forward is carvekit's
+                assert torch.equal(d0, super(U2NET, carvekit).__call__(tensor)[0][0])
         expected = np.asarray(U2NET.data_postprocessing(d0, image))
         assert np.array_equal(postprocess(d0, image.size), expected) and expected.shape == (image.height, image.width)
     assert np.array_equal(postprocess(torch.zeros(1, 8, 8), (5, 3)), np.zeros((3, 5), np.uint8))  # constant map

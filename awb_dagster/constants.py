@@ -22,6 +22,8 @@ SCORE_FAMILIES = ("aesthetic",)
 DETECTION_FAMILIES = ("detr",)
 # Text-conditioned detection (seed 6: GroundingDINO): boxes for the phrases of a registry prompt.
 GROUNDING_FAMILIES = ("grounding-dino",)
+# Foreground priors (seed 5.4: U^2-Net): one figure-vs-paper mask per plate, never semantics.
+FOREGROUND_FAMILIES = ("u2net",)
 GROUP_DETECTION = "detection"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"

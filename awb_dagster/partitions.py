@@ -23,6 +23,7 @@ from awb_dagster.constants import (
     DETECTION_FAMILIES,
     GROUNDING_FAMILIES,
     SCORE_FAMILIES,
+    FOREGROUND_FAMILIES,
 )
 
 plates_partitions = dg.DynamicPartitionsDefinition(name=PLATES_PARTITIONS_NAME)
@@ -59,7 +60,7 @@ def pins_partitions_name(family: str) -> str:
 
 pins_partitions: dict[str, dg.DynamicPartitionsDefinition] = {
     family: dg.DynamicPartitionsDefinition(name=pins_partitions_name(family))
-    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES, *PROBE_FAMILIES, *DETECTION_FAMILIES, *GROUNDING_FAMILIES, *SCORE_FAMILIES, *CAPTION_FAMILIES)
+    for family in (*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES, *PROBE_FAMILIES, *DETECTION_FAMILIES, *GROUNDING_FAMILIES, *SCORE_FAMILIES, *CAPTION_FAMILIES, *FOREGROUND_FAMILIES)
 }
 
 # The registry families whose pins each pins partition lists: its own family, except that the

@@ -10,3 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# carvekit (U^2-Net architecture of the foreground prior) without its dependencies: they would pull
+# opencv-python (clashing with opencv-python-headless), fastapi and the `typing` backport; the
+# architecture module needs torch alone.
+.venv/bin/python -m pip install --quiet --no-deps "carvekit==4.1.2"

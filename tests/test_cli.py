@@ -141,9 +141,10 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
                             "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions, *probes,
-                            *ocr, "blip-captions"])  # fmt: skip
+                            *ocr, "blip-captions", "foreground-masks"])  # fmt: skip
     assert "\ncaption of " in out and "prompt: caption.plain@v1 sha256 " in out and '"max_new_tokens": 8' in out
     assert "\nsam masks demo-tiny-sam-hq@" in out
+    assert "\nforeground_masks demo-tiny-u2net@" in out and "against SAM pin demo-tiny-sam@" in out
     assert "\nsemantic segmentation demo-tiny-mask2former@" in out and " classes (" in out
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
     assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
@@ -159,7 +160,8 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         "awb-demo/tiny-clip": 1, "awb-demo/tiny-siglip": 1, "awb-demo/tiny-dinov2": 1, "awb-demo/tiny-sam": 1,
         "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1, "awb-demo/tiny-aesthetic-mlp": 1,
         "awb-demo/tiny-convnext": 1, "awb-demo/tiny-detr": 1, "awb-demo/tiny-grounding-dino": 1,
-        "awb-demo/tiny-wikiart-convnext": 1, "awb-demo/tiny-blip": 1, **({"tesseract": 1} if ocr else {}),
+        "awb-demo/tiny-wikiart-convnext": 1, "awb-demo/tiny-blip": 1, "awb-demo/tiny-u2net": 1,
+        **({"tesseract": 1} if ocr else {}),
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]

@@ -93,6 +93,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-blip2-opt": ("blip2", None, None),
     "awb-demo/tiny-blip2-flan-t5": ("blip2", None, None),
     "awb-demo/tiny-qwen2-vl": ("qwen2-vl", None, None),
+    "awb-demo/tiny-u2net": ("u2net", None, None),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -246,7 +247,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino", "blip", "blip2", "qwen2-vl")
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino", "blip", "blip2", "qwen2-vl", "u2net")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
     # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
     assert inst.sealed_runs == (
@@ -360,7 +361,7 @@ def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
 
 
 def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:
-    assert "preprocessing" in registry.get("Carve/u2net-universal").missing
+    assert "preprocessing" in registry.get("nielsr/imagebind-huge").missing
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos, write_tiny_convnext
     from awb_dagster.demo.hub import LoopbackHub
+    from awb_dagster.demo.foreground_demo import foreground_summary
     from awb_dagster.demo.probes import probe_axes_summary, probe_summary
     from awb_dagster.instance import open_instance
     from awb_dagster.provenance.lineage import lineage
@@ -124,6 +125,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
         if not _atlas_summary(defs, instance, len(plate_ids)):
             return 1
         if not _sam_summary(defs, instance, registry):
+            return 1
+        if not foreground_summary(defs, instance, registry, home_resource.store(), _say):
             return 1
         segment_record = _region_summary(defs, instance, registry, home_resource)
         if segment_record is None:

@@ -12,6 +12,7 @@ from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
+from awb_dagster.producers.foreground import ForegroundProducer
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.trocr_lines import TrocrProducer
 from awb_dagster.producers.probes import PROBE_PRODUCERS
@@ -41,6 +42,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     GroundingProducer.family: GroundingProducer(),
     _AESTHETIC.family: _AESTHETIC,
     **{producer.family: producer for producer in CAPTION_PRODUCERS},
+    ForegroundProducer.family: ForegroundProducer(),
 }
 
 

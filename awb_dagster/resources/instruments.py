@@ -19,6 +19,7 @@ from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
 from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
 from awb_dagster.instruments.trocr import LineRecognizer
+from awb_dagster.instruments.u2net import ForegroundSegmenter, ForegroundSettings
 from awb_dagster.registry.prompts import Decoding
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry.prompts import Prompt
@@ -79,6 +80,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
     _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
+    _foreground: dict[tuple[str, ForegroundSettings], ForegroundSegmenter] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
@@ -89,6 +91,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._detectors = {}
         self._grounded = {}
         self._mlps = {}
+        self._foreground = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -220,6 +223,20 @@ class InstrumentsResource(dg.ConfigurableResource):
             )
         return self._mlps[pin_key]
 
+    def foreground_segmenter(self, pin_key: str, settings: ForegroundSettings) -> ForegroundSegmenter:
+        """The loaded U^2-Net foreground prior for ``pin_key`` with ``settings``, after the gates."""
+        key = (pin_key, settings)
+        if key not in self._foreground:
+            try:
+                instrument, pin = self._admitted(pin_key, "u2net")
+            except LicenseOptInError as exc:
+                raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+            self._foreground[key] = ForegroundSegmenter(
+                instrument, pin, settings, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._foreground[key]
+
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
         license per weight: ``unknown`` needs the opt-in, as for a flagged hub model)."""
@@ -286,5 +303,5 @@ class InstrumentsResource(dg.ConfigurableResource):
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
         caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
-                  self._detectors, self._grounded)  # fmt: skip
+                  self._detectors, self._grounded, self._foreground)  # fmt: skip
         return sum(len(cache) for cache in caches)

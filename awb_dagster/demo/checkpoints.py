@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
+from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer
 
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
@@ -294,6 +295,8 @@ def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix=f"awb-tiny-{kind}-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        if kind == "clip":  # the text tower's tokenizer, as openai/clip-vit-* ship it (awb search)
+            save_tiny_clip_tokenizer(Path(tmp))
         return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
 
 

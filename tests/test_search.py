@@ -79,3 +79,53 @@ def test_search_ranks_plates_by_sealed_records_that_resolve_through_lineage(clip
 def test_search_refuses_a_pin_without_a_text_tower(clip_home, capsys):
     code, _, err = search(capsys, clip_home, "a bird", "--pin", "nope@0123456789")
     assert code == 2 and "is not in the lock file" in err
+
+
+def test_a_changed_label_template_is_a_new_tag_and_fails_the_sha_check(tmp_path):
+    from awb_dagster.producers.zeroshot import DEFAULT_LABEL_SET, zeroshot_tag
+
+    prompts = PromptRegistry.load()
+    prompt = prompts.get(DEFAULT_LABEL_SET)
+    edited = dataclasses.replace(prompt, template=prompt.template.replace("{label}", "the {label}"))
+    assert edited.sha256 != prompt.sha256 and edited.tag() != prompt.tag()
+
+    class Tower:  # the tag's text-tower part, without loading one
+        spec = type("Spec", (), {"scoring": "softmax"})
+        tag = "text=CLIPModel;tok=CLIPTokenizer;pad=longest:16"
+        pin = type("Pin", (), {"key": "demo-tiny-clip@0123456789"})
+
+    tags = {zeroshot_tag(p, Tower, "embedding-tag") for p in (prompt, edited)}
+    assert len(tags) == 2 and all(f"label_set={DEFAULT_LABEL_SET}@v1:" in tag for tag in tags)
+    assert prompts.verify(prompt.id, prompt.version, prompt.sha256)
+    assert not prompts.verify(prompt.id, prompt.version, edited.sha256)
+
+
+def test_zero_shot_labels_read_the_sealed_embeddings_through_dagster(clip_home, embedded):
+    from awb_dagster.producers.zeroshot import DEFAULT_LABEL_SET
+    from awb_dagster.provenance.zeroshot import check_zeroshot_pairs, zeroshot_pair_key
+
+    pin = clip_home.pins[CLIP]
+    runs = materialize_pin_ranges(clip_home.defs, clip_home.instance, job_name("clip_zeroshot_labels"),
+                                  "clip_zeroshot_labels", {}, pin)  # fmt: skip
+    assert runs and all(r.success for r in runs)
+    pairs = list(clip_home.store.sealed_pairs(zeroshot_pair_key(pin)).values())
+    assert {p.plate_id for p in pairs} == set(clip_home.catalog.plates)
+    prompt = PromptRegistry.load().get(DEFAULT_LABEL_SET)
+    rows = pq.read_table(pairs[0].artifact_path).to_pylist()
+    for row in rows:
+        assert row["embedding_ref"] in embedded and row["embedding_pin"] == pin
+        assert row["labels"] == list(prompt.labels) and row["label_set_sha256"] == prompt.sha256
+        assert row["scoring"] == "softmax" and abs(sum(row["probabilities"]) - 1.0) < 1e-4
+        assert prompt.sha256 in row["preprocess_tag"] and row["top_label"] in prompt.labels
+        np.testing.assert_allclose(  # softmax over logit_scale × cosine, the model's own scale
+            row["probabilities"], np.exp(row["logits"]) / np.exp(row["logits"]).sum(), rtol=1e-4, atol=1e-6
+        )
+    outcomes = check_zeroshot_pairs(clip_home.store, pairs)
+    assert all(o.passed and o.checked == len(pairs) for o in outcomes.values())
+    info = lineage(clip_home.store, rows[0]["record_id"])
+    assert info["embedding"]["record_id"] == rows[0]["embedding_ref"] and info["model"]["pin_key"] == pin
+    # A second materialization reuses the sealed records (same label set: same tag).
+    again = materialize_pin_ranges(clip_home.defs, clip_home.instance, job_name("clip_zeroshot_labels"),
+                                   "clip_zeroshot_labels", {}, pin)  # fmt: skip
+    assert all(r.success for r in again)
+    assert {p.run_id for p in clip_home.store.sealed_pairs(zeroshot_pair_key(pin)).values()} == {p.run_id for p in pairs}

@@ -18,6 +18,7 @@ def test_asset_keys():
         "atlas", "ensemble_disagreement", "topology_report", "sam_masks", "pin_drift_report",
         "segment_embeddings", "tile_embeddings", "semantic_segmentation", "convnet_embeddings",
         "wikiart_logits", "emotion_logits", "aesthetic_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
+        "clip_zeroshot_labels", "siglip_zeroshot_labels",
     }  # fmt: skip
 
 

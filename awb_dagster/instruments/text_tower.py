@@ -11,6 +11,7 @@ position count. The convention is part of :attr:`TextTower.tag`.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,17 @@ class TextTower:
         model_id = self.instrument.id
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **self._hub)
-        except ImportError as exc:  # SiglipTokenizer needs the sentencepiece package
+        except (ImportError, OSError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+            hint = (
+                " SigLIP's tokenizer (SiglipTokenizer, spiece.model) needs the sentencepiece package, which is "
+                "not installed here."
+                if self.instrument.family == "siglip" and importlib.util.find_spec("sentencepiece") is None
+                else ""
+            )
             raise InstrumentError(
-                f"{model_id}@{self.pin.sha[:10]}: its tokenizer needs a package that is not installed ({exc})"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise InstrumentError(
-                f"{model_id}@{self.pin.sha[:10]}: no tokenizer files at the pin in the home's hub cache ({exc}). "
-                f"`awb pin {model_id}` fetches every file of the pin into the home; a text tower needs its tokenizer"
+                f"{model_id}@{self.pin.sha[:10]}: cannot load its tokenizer from the home's hub cache ({reason}).{hint} "
+                f"A text tower needs the pin's tokenizer files: `awb pin {model_id}` fetches every file of the pin"
             ) from exc
         try:
             model = getattr(transformers, self.spec.model_class).from_pretrained(

@@ -129,3 +129,62 @@ def test_zero_shot_labels_read_the_sealed_embeddings_through_dagster(clip_home, 
                                    "clip_zeroshot_labels", {}, pin)  # fmt: skip
     assert all(r.success for r in again)
     assert {p.run_id for p in clip_home.store.sealed_pairs(zeroshot_pair_key(pin)).values()} == {p.run_id for p in pairs}
+
+
+def _tiny_siglip_with_tokenizer(folder) -> dict[str, bytes]:
+    """The tiny SigLIP plus a tiny SentencePiece tokenizer in google/siglip-*'s layout (spiece.model,
+    tokenizer_config.json of a SiglipTokenizer). Needs the sentencepiece package to build and to load."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    from awb_dagster.demo.checkpoints import build_tiny_repo
+
+    words = "a plate of the bird heron wading in water pair flight prey flowering plants ground nest eggs engraving".split()
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))), encoding="utf-8")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(  # T5/SigLIP ids: 0 <pad>, 1 </s>, 2 <unk>
+        input=str(corpus), model_writer=model, vocab_size=40, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, character_coverage=1.0, minloglevel=2,
+    )  # fmt: skip
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    out = folder / "repo"
+    SiglipTokenizer(str(folder / "spiece.model"), model_max_length=16).save_pretrained(str(out))
+    return {**build_tiny_repo("siglip"), **{p.name: p.read_bytes() for p in out.iterdir()}}
+
+
+def _tower(family: str, loopback_hub, tmp_path):
+    from awb_dagster.instruments.text_tower import TextTower
+
+    instrument = Registry.load().get(f"awb-demo/tiny-{family}").instrument
+    if family == "siglip":  # under its own id: the session hub's demo heads stay as they are
+        pytest.importorskip("sentencepiece", reason="SigLIP's tokenizer (spiece.model) needs sentencepiece")
+        instrument = dataclasses.replace(instrument, id="awb-test/tiny-siglip-text", key="test-tiny-siglip-text")
+        loopback_hub.hub.add_commit(instrument.id, _tiny_siglip_with_tokenizer(tmp_path), license="apache-2.0")
+    pin = capture_pin(instrument, endpoint=loopback_hub.endpoint, cache_dir=tmp_path / "hf")
+    return TextTower(instrument, pin, device="cpu", cache_dir=tmp_path / "hf", local_files_only=True)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_zero_shot_probabilities_are_the_models_own(family, loopback_hub, tmp_path):
+    """Cosines of the family's image embedding (what the sealed records hold) with the tower's text
+    vectors give the probabilities of the model's own forward pass: CLIP's softmax over
+    logits_per_image, SigLIP's sigmoid; SigLIP's texts are padded to max_length."""
+    import torch
+
+    tower = _tower(family, loopback_hub, tmp_path)
+    texts = PromptRegistry.load().get("zero-shot.audubon-subject").texts()[:4]
+    inputs = tower.tokenize(texts)
+    if family == "siglip":
+        assert inputs["input_ids"].shape == (len(texts), tower.max_length) and "pad=max_length:16" in tower.tag
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        image = tower.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+        expected = tower.model(pixel_values=pixels, **inputs).logits_per_image.double()
+    expected = expected.softmax(dim=1) if family == "clip" else expected.sigmoid()
+    from awb_dagster.provenance.records import l2_normalize
+
+    cosines = l2_normalize(image) @ l2_normalize(tower.encode(texts)).T
+    np.testing.assert_allclose(tower.probabilities(cosines), expected.numpy(), rtol=1e-4, atol=1e-6)

@@ -42,11 +42,13 @@ def search(capsys, home: DemoHome, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_search_without_sealed_embeddings_names_the_command(clip_home, capsys):
+def test_search_without_sealed_embeddings_or_pin_names_what_to_do(clip_home, capsys):
     code, _, err = search(capsys, clip_home, "a bird")
     assert code == 2
     assert f"no sealed clip_embeddings records of pin {clip_home.pins[CLIP]}" in err
     assert f"awb run --family clip --pin {clip_home.pins[CLIP]}" in err
+    code, _, err = search(capsys, clip_home, "a bird", "--pin", "nope@0123456789")
+    assert code == 2 and "is not in the lock file" in err
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +76,6 @@ def test_search_ranks_plates_by_sealed_records_that_resolve_through_lineage(clip
     result = search_home(clip_home.paths, "a plate of a bird", k=len(clip_home.catalog.plates))
     assert result.plates == len(clip_home.catalog.plates) and len(result.hits) == result.plates
     assert [h.record_id for h in result.hits[:3]] == [row[3] for row in rows]
-
-
-def test_search_refuses_a_pin_without_a_text_tower(clip_home, capsys):
-    code, _, err = search(capsys, clip_home, "a bird", "--pin", "nope@0123456789")
-    assert code == 2 and "is not in the lock file" in err
 
 
 def test_a_changed_label_template_is_a_new_tag_and_fails_the_sha_check(tmp_path):

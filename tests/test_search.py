@@ -185,3 +185,20 @@ def test_zero_shot_probabilities_are_the_models_own(family, loopback_hub, tmp_pa
 
     cosines = l2_normalize(image) @ l2_normalize(tower.encode(texts)).T
     np.testing.assert_allclose(tower.probabilities(cosines), expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_pin_without_tokenizer_files_is_refused_not_read_as_unknown_tokens(loopback_hub, tmp_path):
+    """transformers would build an empty-vocabulary CLIPTokenizer from the config alone: the tiny
+    CLIP's first revision (image side only) must fail naming the missing tokenizer."""
+    from awb_dagster.instruments.common import InstrumentError
+    from awb_dagster.instruments.text_tower import TextTower
+
+    instrument = Registry.load().get(CLIP).instrument
+    first = next(sha for sha, c in loopback_hub.hub.read_repo(CLIP)["commits"].items() if sha != loopback_hub.shas[CLIP])
+    pin = capture_pin(instrument, revision=first, endpoint=loopback_hub.endpoint, cache_dir=tmp_path)
+    assert "tokenizer.json" not in pin.files
+    with pytest.raises(InstrumentError, match="cannot load its tokenizer"):
+        TextTower(instrument, pin, device="cpu", cache_dir=tmp_path, local_files_only=True)
+    empty = dataclasses.replace(pin, files={})  # a pin taken before pins listed their files
+    with pytest.raises(InstrumentError, match="special or unknown tokens"):
+        TextTower(instrument, empty, device="cpu", cache_dir=tmp_path, local_files_only=True)

@@ -50,6 +50,11 @@ TEXT_FAMILIES: dict[str, TextFamilySpec] = {
 }
 
 
+# A pin's tokenizer files, any of which transformers reads (fast tokenizer, its config, BPE vocab, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+PROBE_TEXT = "a photo of a bird"
+
+
 class TextTower:
     """A loaded CLIP/SigLIP text tower at one pin."""
 
@@ -104,6 +109,7 @@ class TextTower:
                 f"{model_id}@{self.pin.sha[:10]}: cannot load its tokenizer from the home's hub cache ({reason}).{hint} "
                 f"A text tower needs the pin's tokenizer files: `awb pin {model_id}` fetches every file of the pin"
             ) from exc
+        self._require_vocabulary(tokenizer)
         try:
             model = getattr(transformers, self.spec.model_class).from_pretrained(
                 model_id, use_safetensors=True, dtype=self.dtype, **self._hub
@@ -114,6 +120,18 @@ class TextTower:
                 "through safetensors, from the home's hub cache (`awb pin` puts them there)."
             ) from exc
         return tokenizer, model.eval().to(self.device)
+
+    def _require_vocabulary(self, tokenizer: Any) -> None:
+        """transformers builds a CLIPTokenizer with an empty vocabulary from a config alone: a pin
+        without tokenizer files must fail here, not encode every text as unknown tokens."""
+        listed = set(self.pin.files)
+        probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        if (listed and not listed & set(TOKENIZER_FILES)) or all(i in tokenizer.all_special_ids for i in probe):
+            raise InstrumentError(
+                f"{self.instrument.id}@{self.pin.sha[:10]}: cannot load its tokenizer from the home's hub cache (the "
+                f"pin carries none of {', '.join(TOKENIZER_FILES)}; {PROBE_TEXT!r} reads as {len(probe)} special or "
+                "unknown tokens). A text tower needs the pin's tokenizer files: pin a revision that has them"
+            )
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):

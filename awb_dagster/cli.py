@@ -143,6 +143,12 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from awb_dagster.commands import search  # heavy: torch and the text tower
+
+    return search(args)
+
+
 def cmd_runs_verify(args) -> int:
     """Re-hash sealed runs (one, or all) against their manifests and each manifest against the
     seal log; non-zero exit on any problem. ``--adopt`` records unlogged runs whose files match."""
@@ -315,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("search", parents=[common], help="rank plates by a text (CLIP/SigLIP text tower vs sealed embeddings)")
+    p.add_argument("text")
+    p.add_argument("--pin", help="a CLIP or SigLIP pin key (default: the first active CLIP pin)")
+    p.add_argument("--k", type=int, default=10, help="hits to print (default 10)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("runs", parents=[common], help="sealed and unsealed runs")
     p.set_defaults(func=cmd_runs)

@@ -224,6 +224,22 @@ def _run(args) -> int:
     return 0 if ok else 1
 
 
+def search(args) -> int:
+    """Rank the home's plates for a text by a pinned CLIP/SigLIP text tower against sealed embeddings."""
+    from awb_dagster.atlas.search import hit_rows, search_home
+    from awb_dagster.resources.settings import env_list
+
+    paths = HomePaths(resolve_home(args.home))
+    result = search_home(paths, args.text, pin_key=args.pin, k=args.k, license_opt_in=env_list("AWB_LICENSE_OPT_IN"))
+    print(f"{result.text!r}: {result.plates} plates ranked by cosine, {result.pin_key} ({result.model_id}), "
+          f"sealed image embeddings [{result.image_tag}], text [{result.text_tag}]")  # fmt: skip
+    print(text_table(hit_rows(result), ["rank", "plate_id", "score", "record_id"]))
+    for reason, count in result.skipped.items():
+        print(f"left out: {count} sealed record(s) {reason}")
+    print(f"lineage of a hit: awb lineage {result.hits[0].record_id} --home {paths.root}")
+    return 0
+
+
 def demo(args) -> int:
     from awb_dagster.demo.pipeline import run_demo
 

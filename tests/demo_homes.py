@@ -40,11 +40,12 @@ def make_demo_home(
     *,
     extra_plates: dict[str, object] | None = None,
     plate_files: list | None = None,
+    revisions: dict[str, str] | None = None,
     **definition_overrides,
 ) -> DemoHome:
     """Pin ``repos`` from the loopback hub into a fresh home, register the sample plates (or the
     files ``plate_files``; plus ``extra_plates``: file name -> PIL image) and build the
-    definitions for that home."""
+    definitions for that home. ``revisions``: repo id -> the sha to pin instead of the head."""
     from awb_dagster.assets.plates import scan_plates, sync_partitions
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
@@ -67,7 +68,7 @@ def make_demo_home(
     lock = PinLock.load(paths.lock)
     pins = {}
     for repo in repos:
-        pin = capture_pin(registry.get(repo).instrument, endpoint=hub.endpoint)
+        pin = capture_pin(registry.get(repo).instrument, endpoint=hub.endpoint, revision=(revisions or {}).get(repo))
         lock.add(pin)
         pins[repo] = pin.key
     lock.save(paths.lock)

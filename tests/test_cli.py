@@ -148,6 +148,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     assert "\nsemantic segmentation demo-tiny-mask2former@" in out and " classes (" in out
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
     assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
+    assert "\nawb search 'a plate of a bird' --pin demo-tiny-clip@" in out and "sealed embeddings, cosine" in out
 
     # A second demo on the same home reuses its hub, pins and sealed records.
     again = subprocess.run(

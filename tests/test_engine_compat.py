@@ -37,10 +37,24 @@ def _sealed_record_ids(runs: Path) -> dict[str, set[str]]:
     return found
 
 
+def _fixture_revisions(hub) -> dict[str, str]:
+    """The hub revision each repo was pinned at when the fixture was sealed (the tiny CLIP's head
+    has since gained its tokenizer; its first revision is the one sealed here)."""
+    keys = set(_sealed_record_ids(FIXTURE / "runs"))
+    revisions = {}
+    for repo in REPOS:
+        commits = hub.hub.read_repo(repo)["commits"]
+        named = [sha for sha in commits if any(key.endswith(f"@{sha[:10]}") for key in keys)]
+        assert len(named) == 1, (repo, named)
+        revisions[repo] = named[0]
+    return revisions
+
+
 @pytest.fixture(scope="module")
 def old_home(loopback_hub, tmp_path_factory):
     home = make_demo_home(
-        loopback_hub, tmp_path_factory, "compat", REPOS, license_opt_in=["demo-tiny-mask2former"]
+        loopback_hub, tmp_path_factory, "compat", REPOS, revisions=_fixture_revisions(loopback_hub),
+        license_opt_in=["demo-tiny-mask2former"],
     )
     shutil.copytree(FIXTURE / "runs", home.paths.store / "runs", dirs_exist_ok=True)
     return home

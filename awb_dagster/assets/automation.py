@@ -48,13 +48,16 @@ from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import PlateCatalog
 from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR, tile_pair_key
 from awb_dagster.provenance.store import RunStore
+from awb_dagster.provenance.zeroshot import zeroshot_pair_key
 from awb_dagster.registry.lock import Pin, PinLock
 from awb_dagster.registry import Registry, RegistryError
 
 DEFAULT_AUTOMATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
 DEFAULT_MAX_RETRIES = 2  # automatic re-requests of a failed partition, one per tick
 # The store key a family's partition pairs are sealed under, where it is not the pin key.
-_STORE_KEY_OF_PIN = {"tile_embeddings": tile_pair_key}
+_STORE_KEY_OF_PIN = {
+    "tile_embeddings": tile_pair_key, "clip_zeroshot_labels": zeroshot_pair_key, "siglip_zeroshot_labels": zeroshot_pair_key,
+}  # fmt: skip
 AUTOMATION_SENSOR_NAME = "awb_automation_sensor"
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 from awb_dagster.demo.tiny_u2net import tiny_u2net_files
+from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer
 
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
@@ -281,8 +282,9 @@ def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
     return {DEMO_AESTHETIC_MLP_FILE: buffer.getvalue()}
 
 
-def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
-    """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``."""
+def build_tiny_repo(kind: CheckpointKind, seed: int = 0, *, tokenizer: bool = True) -> dict[str, bytes]:
+    """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``
+    (``tokenizer=False``: the tiny CLIP without its text tower's tokenizer, as first published)."""
     import torch
 
     if kind in ("aesthetic-mlp", "u2net"):  # not transformers models: one weight file, no config
@@ -297,25 +299,29 @@ def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix=f"awb-tiny-{kind}-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        if kind == "clip" and tokenizer:  # the text tower's tokenizer, as openai/clip-vit-* ship it (awb search)
+            save_tiny_clip_tokenizer(Path(tmp))
         return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
 
 
 def publish_demo_repos(
     hub: LoopbackHub, seed: int = 0, *, only: Iterable[str] | None = None
 ) -> dict[str, str]:
-    """Commit the demo repos (every one, or those in ``only``) to ``hub``; return repo id -> sha."""
+    """Commit the demo repos (every one, or those in ``only``) to ``hub``; return repo id -> head sha.
+
+    With seed 0 the tiny CLIP gets two revisions: the image side as first published (homes sealed
+    before, such as tests/fixtures/pre_engine_store, name it), then the same files plus the tokenizer."""
     wanted = set(DEMO_REPOS if only is None else only)
-    return {
-        repo_id: hub.add_commit(
-            repo_id,
-            build_tiny_repo(kind, seed=seed),
-            license=DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE),
-            pipeline_tag=DEMO_PIPELINE_TAGS[kind],
-            library_name=None if kind in ("aesthetic-mlp", "u2net") else "transformers",
-        )
-        for repo_id, kind in DEMO_REPOS.items()
-        if repo_id in wanted
-    }
+    heads = {}
+    for repo_id, kind in DEMO_REPOS.items():
+        if repo_id not in wanted:
+            continue
+        card = {"license": DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE), "pipeline_tag": DEMO_PIPELINE_TAGS[kind],
+                "library_name": None if kind in ("aesthetic-mlp", "u2net") else "transformers"}  # fmt: skip
+        if kind == "clip" and seed == 0:
+            hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed, tokenizer=False), **card)
+        heads[repo_id] = hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed), **card)
+    return heads
 
 
 def build_tiny_original_sam(seed: int = 0) -> bytes:

@@ -10,6 +10,7 @@ from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
 from awb_dagster.demo.caption_demo import caption_summary, pin_demo_captioner, publish_demo_captioner
 from awb_dagster.demo.quiet import StepLine
 from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
+from awb_dagster.demo.search_demo import search_summary
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
 
@@ -140,6 +141,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         probe_record = probe_summary(defs, instance, registry, home_resource.store(), _say)
         if probe_record is None or not probe_axes_summary(defs, instance, _say):
+            return 1
+        if not search_summary(paths, registry, _say):
             return 1
         first_pin = summary[0]["pin"]
         pair = next(iter(home_resource.store().sealed_pairs(first_pin).values()))

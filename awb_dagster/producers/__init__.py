@@ -20,6 +20,7 @@ from awb_dagster.producers.sam import SamProducer
 from awb_dagster.producers.segments import SegmentProducer
 from awb_dagster.producers.semantic import SemanticProducer
 from awb_dagster.producers.tiles import TileProducer
+from awb_dagster.producers.zeroshot import ZEROSHOT_PRODUCERS
 
 _SAM = SamProducer()
 _SEMANTIC = SemanticProducer()
@@ -48,7 +49,8 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
 
 def producers_for(families: Iterable[str]) -> list[Producer]:
     """The producers of the roster's ``families``, each once, in a stable order; region assets
-    (tiles of every embedding pin, segments of every embedding × SAM pin pair) come with them."""
+    (tiles of every embedding pin, segments of every embedding × SAM pin pair) and the zero-shot
+    labels of every CLIP/SigLIP pin (its own text tower) come with them."""
     present = set(families)
     chosen: list[Producer] = []
     for family, producer in FAMILY_PRODUCERS.items():
@@ -58,4 +60,5 @@ def producers_for(families: Iterable[str]) -> list[Producer]:
         if present & set(SAM_FAMILIES):
             chosen.append(_SEGMENTS)
         chosen.append(_TILES)
+    chosen += [producer for producer in ZEROSHOT_PRODUCERS if producer.family in present]
     return chosen

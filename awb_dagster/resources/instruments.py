@@ -18,6 +18,7 @@ from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
 from awb_dagster.instruments.tesseract import TesseractReader, ZoneSettings
+from awb_dagster.instruments.text_tower import TextTower
 from awb_dagster.instruments.trocr import LineRecognizer
 from awb_dagster.instruments.u2net import ForegroundSegmenter, ForegroundSettings
 from awb_dagster.registry.prompts import Decoding
@@ -81,6 +82,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
     _foreground: dict[tuple[str, ForegroundSettings], ForegroundSegmenter] = PrivateAttr(default_factory=dict)
+    _towers: dict[str, TextTower] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
@@ -92,6 +94,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._grounded = {}
         self._mlps = {}
         self._foreground = {}
+        self._towers = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -236,6 +239,15 @@ class InstrumentsResource(dg.ConfigurableResource):
                 cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
             )  # fmt: skip
         return self._foreground[key]
+    def text_tower(self, pin_key: str, family: str) -> TextTower:
+        """The loaded text tower of a CLIP or SigLIP ``pin_key`` after the gates (zero-shot labels)."""
+        if pin_key not in self._towers:
+            instrument, pin = self._admitted(pin_key, family)
+            self._towers[pin_key] = TextTower(
+                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._towers[pin_key]
 
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
@@ -304,4 +316,5 @@ class InstrumentsResource(dg.ConfigurableResource):
         """Model loads performed by this resource in this run."""
         caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
                   self._detectors, self._grounded, self._foreground)  # fmt: skip
+                  self._detectors, self._grounded, self._towers)  # fmt: skip
         return sum(len(cache) for cache in caches)

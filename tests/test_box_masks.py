@@ -11,10 +11,11 @@ import dataclasses
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from awb_dagster.assets.factory import job_name
-from awb_dagster.instruments.box_sam import BOX_PROMPT_VERSION
+from awb_dagster.instruments.box_sam import BOX_PROMPT_VERSION, MASK_THRESHOLD, STABILITY_OFFSET, stability_score
 from awb_dagster.provenance.box_masks import box_mask_table, check_box_refs
 from awb_dagster.provenance.lineage import lineage
 from awb_dagster.provenance.records import box_mask_pin_key, segment_pin_key
@@ -63,6 +64,14 @@ def chain(home, plates) -> dict[str, str]:
         runs = _run(home, asset, key, plates, config)
         assert [run.success for run in runs] == [True], f"{asset} {key}"
     return {"detector": detector, "box_key": box_key, "segment_key": segment_key, "run": runs[0].dagster_run_id}
+
+
+def test_stability_score_is_segment_anythings():
+    from segment_anything.utils.amg import calculate_stability_score
+
+    logits = torch.randn(1, 40, 60, generator=torch.Generator().manual_seed(0)) * 3
+    expected = float(calculate_stability_score(logits, MASK_THRESHOLD, STABILITY_OFFSET)[0])
+    assert stability_score(logits[0].numpy()) == pytest.approx(expected, abs=1e-6)
 
 
 def test_the_sync_registers_box_mask_and_segment_keys(home):

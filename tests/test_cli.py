@@ -139,13 +139,15 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
     probes = ["convnet-embeddings", "wikiart-logits", "aesthetic-scores", "probe-axes"]
     ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
+    boxes = ["grounding-dino-detections", "box-masks", "clip-segment-embeddings"]  # text -> boxes -> masks -> embeddings
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
                             "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions, *probes,
-                            *ocr])  # fmt: skip
+                            *ocr, *boxes])  # fmt: skip
     assert "\nsam masks demo-tiny-sam-hq@" in out
     assert "\nsemantic segmentation demo-tiny-mask2former@" in out and " classes (" in out
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
     assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
+    assert "\ntext -> boxes -> masks -> embeddings (" in out and "the detected box this mask was prompted with" in out
 
     # A second demo on the same home reuses its hub, pins and sealed records.
     again = subprocess.run(

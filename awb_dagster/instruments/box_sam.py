@@ -55,8 +55,6 @@ def box_prompted_masks(
 
     ``opaque`` (bool [height, width]) removes transparent pixels from every mask, as the SAM
     alpha policy does (a mask may then be empty: the caller decides)."""
-    from segment_anything.utils.amg import calculate_stability_score
-
     model_class = type(generator.model).__name__
     if model_class != "SamModel":
         raise InstrumentError(
@@ -82,9 +80,19 @@ def box_prompted_masks(
         logits = generator.processor.image_processor.post_process_masks(
             pred_masks[:, i : i + 1], inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
         )[0][0]  # [1, height, width]
-        stability = float(calculate_stability_score(logits, MASK_THRESHOLD, STABILITY_OFFSET)[0])
-        mask = (logits[0] > MASK_THRESHOLD).numpy()
+        values = logits[0].numpy()
+        mask = values > MASK_THRESHOLD
         if opaque is not None:
             mask &= opaque
-        masks.append(BoxMask(mask, float(scores[i]), stability, tuple(float(v) for v in boxes[i])))
+        masks.append(BoxMask(mask, float(scores[i]), stability_score(values), tuple(float(v) for v in boxes[i])))
     return masks
+
+
+def stability_score(logits: np.ndarray) -> float:
+    """segment-anything's ``calculate_stability_score`` for one logit map: the IoU of the mask
+    thresholded at ``MASK_THRESHOLD + STABILITY_OFFSET`` with the one at ``MASK_THRESHOLD -
+    STABILITY_OFFSET`` (the first lies inside the second), counted on booleans: its int16 sums over a
+    plate-sized map cost more than the decoder."""
+    inner = np.count_nonzero(logits > MASK_THRESHOLD + STABILITY_OFFSET)
+    outer = np.count_nonzero(logits > MASK_THRESHOLD - STABILITY_OFFSET)
+    return inner / outer if outer else 0.0

@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 
 from awb_dagster.assets.factory import job_name
 from awb_dagster.instruments.box_sam import BOX_PROMPT_VERSION, MASK_THRESHOLD, STABILITY_OFFSET, stability_score
+from awb_dagster.producers.box_masks import DETECTOR_ASSETS
 from awb_dagster.provenance.box_masks import box_mask_table, check_box_refs
 from awb_dagster.provenance.lineage import lineage
 from awb_dagster.provenance.records import box_mask_pin_key, segment_pin_key
@@ -56,14 +57,23 @@ def chain(home, plates) -> dict[str, str]:
     detector, sam, clip = home.pins[GROUNDING], home.pins[SAM], home.pins[CLIP]
     box_key = box_mask_pin_key(detector, sam)
     segment_key = segment_pin_key(clip, box_key)
+    runs = {}
     for asset, key, config in (
         ("grounding_dino_detections", detector, DETECTION_CONFIG),
         ("box_masks", box_key, {}),
         ("segment_embeddings", segment_key, {"min_region_area": 1}),
     ):
-        runs = _run(home, asset, key, plates, config)
-        assert [run.success for run in runs] == [True], f"{asset} {key}"
-    return {"detector": detector, "box_key": box_key, "segment_key": segment_key, "run": runs[0].dagster_run_id}
+        (runs[asset],) = _run(home, asset, key, plates, config)
+        assert runs[asset].success, f"{asset} {key}"
+    return {"detector": detector, "box_key": box_key, "segment_key": segment_key,
+            "runs": {asset: run.dagster_run_id for asset, run in runs.items()}}  # fmt: skip
+
+
+def _checks(home: DemoHome, run_id: str) -> dict[str, bool]:
+    return {
+        e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data.passed
+        for e in home.instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    }
 
 
 def test_stability_score_is_segment_anythings():
@@ -72,6 +82,12 @@ def test_stability_score_is_segment_anythings():
     logits = torch.randn(1, 40, 60, generator=torch.Generator().manual_seed(0)) * 3
     expected = float(calculate_stability_score(logits, MASK_THRESHOLD, STABILITY_OFFSET)[0])
     assert stability_score(logits[0].numpy()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_box_masks_read_the_assets_of_the_detection_producers():
+    from awb_dagster.producers import FAMILY_PRODUCERS
+
+    assert {family: FAMILY_PRODUCERS[family].asset_name for family in DETECTOR_ASSETS} == DETECTOR_ASSETS
 
 
 def test_the_sync_registers_box_mask_and_segment_keys(home):
@@ -103,11 +119,8 @@ def test_box_masks_follow_the_mask_contract_and_name_their_box(home, plates, cha
             assert mask_sha256(decoded) == row["mask_sha256"] and decoded.sum() == row["area"] > 0
             assert 0.0 <= row["stability_score"] <= 1.0 and row["point_coords"] is None
     assert masks > 0
-    evaluations = {
-        e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data.passed
-        for e in home.instance.all_logs(chain["run"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    }
-    assert evaluations["segment_refs_resolve"]
+    assert _checks(home, chain["runs"]["box_masks"]) == {"masks_decode_to_plate_size": True, "box_refs_resolve": True}
+    assert _checks(home, chain["runs"]["segment_embeddings"])["segment_refs_resolve"]
     box_run = home.instance.get_latest_materialization_event(dg.AssetKey("box_masks"))
     metadata = box_run.asset_materialization.metadata
     assert metadata["detector_pin"].value == chain["detector"] and "counts_per_label" in metadata

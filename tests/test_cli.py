@@ -164,7 +164,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
-    assert len(embedding_runs) == 4 + len(regions)  # clip, siglip, dinov2, convnet
+    assert len(embedding_runs) == 4 + len(regions) + 1  # clip, siglip, dinov2, convnet; segments of box masks
 
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):

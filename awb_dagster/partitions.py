@@ -81,21 +81,25 @@ def plate_pin_partitions(family: str) -> dg.MultiPartitionsDefinition:
 # one key of this dimension × all plates. A tile key is an embedding pin.
 segment_pins_partitions = dg.DynamicPartitionsDefinition(name="segment_pins")
 tile_pins_partitions = dg.DynamicPartitionsDefinition(name="tile_pins")
+# Box-prompted masks pair one detector pin with one SAM pin (``<detector pin>~<sam pin>``); segment
+# keys over them read ``<embedding pin>~<detector pin>~<sam pin>``.
+box_mask_pins_partitions = dg.DynamicPartitionsDefinition(name="box_mask_pins")
+_PAIR_PINS = {p.name: p for p in (segment_pins_partitions, tile_pins_partitions, box_mask_pins_partitions)}
 
 
 def region_partitions(name: str) -> dg.MultiPartitionsDefinition:
-    """plate × (segment or tile) pins; keys read ``<pins>|<plate>`` like the family assets."""
-    pins = {"segment_pins": segment_pins_partitions, "tile_pins": tile_pins_partitions}[name]
+    """plate × (segment, tile or box-mask) pins; keys read ``<pins>|<plate>`` like the family assets."""
+    pins = _PAIR_PINS[name]
     return PlatePinPartitions({PLATE_DIMENSION: plates_partitions, PIN_DIMENSION: pins})
 
 
 def partitions_for(pins_dimension: str) -> dg.MultiPartitionsDefinition:
     """plate × the named pins dimension (``clip_pins``, ``sam_pins``, ``segment_pins``, ...)."""
-    if pins_dimension in ("segment_pins", "tile_pins"):
+    if pins_dimension in _PAIR_PINS:
         return region_partitions(pins_dimension)
     families = {partitions_def.name: family for family, partitions_def in pins_partitions.items()}
     if pins_dimension not in families:
-        raise KeyError(f"no pins partitions named {pins_dimension!r} (known: {', '.join(sorted(families))}, segment_pins, tile_pins)")
+        raise KeyError(f"no pins partitions named {pins_dimension!r} (known: {', '.join(sorted([*families, *_PAIR_PINS]))})")
     return plate_pin_partitions(families[pins_dimension])
 
 

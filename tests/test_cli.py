@@ -139,9 +139,10 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
     probes = ["convnet-embeddings", "wikiart-logits", "aesthetic-scores", "probe-axes"]
     ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
+    boxes = ["grounding-dino-detections", "box-masks", "clip-segment-embeddings"]  # text -> boxes -> masks -> embeddings
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
                             "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions, *probes,
-                            *ocr, "blip-captions", "foreground-masks"])  # fmt: skip
+                            *ocr, "blip-captions", "foreground-masks", *boxes])  # fmt: skip
     assert "\ncaption of " in out and "prompt: caption.plain@v1 sha256 " in out and '"max_new_tokens": 8' in out
     assert "\nsam masks demo-tiny-sam-hq@" in out
     assert "\nforeground_masks demo-tiny-u2net@" in out and "against SAM pin demo-tiny-sam@" in out
@@ -149,6 +150,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     assert "\nregion embeddings (" in out and "segment_embeddings" in out and "tile_embeddings" in out
     assert "lineage of one segment embedding" in out and "the mask this segment was cut from" in out
     assert "\nawb search 'a plate of a bird' --pin demo-tiny-clip@" in out and "sealed embeddings, cosine" in out
+    assert "\ntext -> boxes -> masks -> embeddings (" in out and "the detected box this mask was prompted with" in out
 
     # A second demo on the same home reuses its hub, pins and sealed records.
     again = subprocess.run(
@@ -166,7 +168,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
-    assert len(embedding_runs) == 4 + len(regions)  # clip, siglip, dinov2, convnet
+    assert len(embedding_runs) == 4 + len(regions) + 1  # clip, siglip, dinov2, convnet; segments of box masks
 
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):

@@ -20,6 +20,7 @@ def test_asset_keys():
         "wikiart_logits", "emotion_logits", "aesthetic_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
         "blip_captions", "blip2_captions", "qwen2_vl_captions", "foreground_masks",
         "clip_zeroshot_labels", "siglip_zeroshot_labels",
+        "box_masks",
     }  # fmt: skip
 
 

@@ -9,16 +9,24 @@ from pathlib import Path
 
 import dagster as dg
 
-from awb_dagster.constants import EMBEDDING_FAMILIES, GROUP_PLATES, PLATE_FILES_KEY, PLATES_PARTITIONS_NAME
+from awb_dagster.constants import (
+    DETECTION_FAMILIES,
+    EMBEDDING_FAMILIES,
+    GROUNDING_FAMILIES,
+    GROUP_PLATES,
+    PLATE_FILES_KEY,
+    PLATES_PARTITIONS_NAME,
+)
 from awb_dagster.instance import fail_runs_of_dead_processes
 from awb_dagster.partitions import (
+    box_mask_pins_partitions,
     pins_partition_families,
     pins_partitions_name,
     plates_partitions,
     segment_pins_partitions,
     tile_pins_partitions,
 )
-from awb_dagster.provenance.records import segment_pin_key
+from awb_dagster.provenance.records import box_mask_pin_key, segment_pin_key
 from awb_dagster.plates.catalog import PlateCatalog, ScanResult
 from awb_dagster.registry.lock import PinLock
 from awb_dagster.registry.model import Registry
@@ -52,6 +60,12 @@ def wanted_partition_keys(home: AwbHome) -> dict[str, list[str]]:
     wanted[segment_pins_partitions.name] = [
         segment_pin_key(embedding, sam) for embedding in embedding_pins for sam in wanted[pins_partitions_name("sam")]
     ]
+    # Box-prompted masks per (detector pin, SAM pin: SamModel family only), and their segments.
+    detector_pins = [key for family in (*DETECTION_FAMILIES, *GROUNDING_FAMILIES) for key in wanted[pins_partitions_name(family)]]
+    sam_pins = [pin.key for entry in registry.family("sam") for pin in lock.pins_for(entry.instrument.id)]
+    box_keys = [box_mask_pin_key(detector, sam) for detector in detector_pins for sam in sam_pins]
+    wanted[box_mask_pins_partitions.name] = box_keys
+    wanted[segment_pins_partitions.name] += [segment_pin_key(e, box) for e in embedding_pins for box in box_keys]
     return wanted
 
 

@@ -34,6 +34,7 @@ def _step(message: str) -> None:
 def run_demo(home: Path, plates_dir: Path | None = None) -> int:
     from awb_dagster.assets.plates import scan_plates, sync_partitions
     from awb_dagster.definitions import build_definitions
+    from awb_dagster.demo.box_demo import box_chain_summary
     from awb_dagster.demo.checkpoints import DEMO_REPOS, publish_demo_repos, write_tiny_convnext
     from awb_dagster.demo.hub import LoopbackHub
     from awb_dagster.demo.foreground_demo import foreground_summary
@@ -131,6 +132,8 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
             return 1
         segment_record = _region_summary(defs, instance, registry, home_resource)
         if segment_record is None:
+            return 1
+        if not box_chain_summary(defs, instance, registry, home_resource.store(), plate_ids, _say):  # text -> boxes -> masks -> embeddings
             return 1
         if not _semantic_summary(defs, instance, registry):
             return 1

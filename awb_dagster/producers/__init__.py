@@ -8,6 +8,7 @@ from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAM
 from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
 from awb_dagster.producers.captions import CAPTION_PRODUCERS
+from awb_dagster.producers.box_masks import BOX_PROMPT_FAMILIES, DETECTOR_ASSETS, BoxMaskProducer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
@@ -25,6 +26,7 @@ from awb_dagster.producers.zeroshot import ZEROSHOT_PRODUCERS
 _SAM = SamProducer()
 _SEMANTIC = SemanticProducer()
 _SEGMENTS = SegmentProducer()
+_SEGMENTS_OF_BOXES = SegmentProducer(upstream=("sam_masks", "box_masks"))
 _TILES = TileProducer()
 _OCR = OcrProducer()
 _CONVNET = ConvNetProducer()
@@ -56,9 +58,14 @@ def producers_for(families: Iterable[str]) -> list[Producer]:
     for family, producer in FAMILY_PRODUCERS.items():
         if family in present and producer not in chosen:
             chosen.append(producer)
+    # Box-prompted masks: each detector pin's sealed boxes through each SAM pin; segments then embed them too.
+    detection_assets = tuple(asset for family, asset in DETECTOR_ASSETS.items() if family in present)
+    box_masks = bool(detection_assets and present & set(BOX_PROMPT_FAMILIES))
+    if box_masks:
+        chosen.append(BoxMaskProducer(detection_assets))
     if present & set(EMBEDDING_FAMILIES):
         if present & set(SAM_FAMILIES):
-            chosen.append(_SEGMENTS)
+            chosen.append(_SEGMENTS_OF_BOXES if box_masks else _SEGMENTS)
         chosen.append(_TILES)
     chosen += [producer for producer in ZEROSHOT_PRODUCERS if producer.family in present]
     return chosen

@@ -1,6 +1,9 @@
 """Segment embeddings: every SAM mask of a plate, cut by the declared crop policy and embedded
 by one CLIP/SigLIP/DINOv2 pin. Partitioned by plate × ``<embedding pin>~<SAM pin>``;
-``region_ref`` is the mask record id, so lineage runs embedding -> mask -> SAM pin -> plate."""
+``region_ref`` is the mask record id, so lineage runs embedding -> mask -> SAM pin -> plate.
+Box-prompted mask sets (``box_masks``) are embedded the same way under
+``<embedding pin>~<detector pin>~<SAM pin>``: lineage then runs on to the box, its prompt and
+the detector pin."""
 
 from __future__ import annotations
 
@@ -87,13 +90,15 @@ class SegmentProducer:
     description = (
         "For each SAM mask of a plate, an embedding from one CLIP/SigLIP/DINOv2 pin: partitioned by plate × "
         "`<embedding pin>~<SAM pin>`. The crop policy and the mask set are in the preprocess tag; `region_ref` is "
-        "the mask record id."
+        "the mask record id. Box-prompted masks: `<embedding pin>~<detector pin>~<SAM pin>`."
     )
     code_version = CODE_VERSION
     settings_type = SegmentSettings
     check_descriptions = {**CHECK_DESCRIPTIONS, SEGMENT_REFS_RESOLVE: REGION_CHECK_DESCRIPTIONS[SEGMENT_REFS_RESOLVE]}
-    upstream = ("sam_masks",)
     license_gated = False
+
+    def __init__(self, upstream: tuple[str, ...] = ("sam_masks",)):
+        self.upstream = upstream  # the mask assets it embeds: sam_masks, and box_masks where detectors run
 
     def open(self, pin_key: str, settings: SegmentSettings, inputs: StepInputs) -> RegionSession:
         policy = settings.policy()

@@ -204,11 +204,13 @@ def check_mask_pairs(
 
 
 SEGMENT_REFS_RESOLVE = "segment_refs_resolve"
+BOX_MASK_RUN_KIND = "box-masks"
+MASK_RUN_KINDS = ("sam-masks", BOX_MASK_RUN_KIND)  # the runs of sam_masks and box_masks
 TILES_COVER_PLATE = "tiles_cover_plate"
 
 REGION_CHECK_DESCRIPTIONS = {
     SEGMENT_REFS_RESOLVE: "Every segment embedding's `region_ref` is the record id of a mask in a sealed "
-    "sam_masks run of the same plate bytes, and its `scope` is `segment`.",
+    "sam_masks or box_masks run of the same plate bytes, and its `scope` is `segment`.",
     TILES_COVER_PLATE: "The tiles of every plate cover every plate pixel, each tile overlaps the plate, "
     "and every tile record has `scope` `tile`.",
 }
@@ -229,7 +231,7 @@ def check_segment_refs(store: RunStore, pairs: Sequence[SealedPair]) -> dict[str
     outcome = CheckOutcome(SEGMENT_REFS_RESOLVE)
     masks: dict[str, str] = {}  # mask record id -> plate sha256, over every sealed run
     for manifest in store.manifests():
-        if manifest.payload.get("kind") == "sam-masks":
+        if manifest.payload.get("kind") in MASK_RUN_KINDS:
             for pair in manifest.pairs:
                 masks.update(dict.fromkeys(pair["record_ids"], pair["plate_sha256"]))
     for pair in pairs:
@@ -247,7 +249,7 @@ def check_segment_refs(store: RunStore, pairs: Sequence[SealedPair]) -> dict[str
             if row["scope"] != "segment":
                 fail(row["record_id"], f"scope is {row['scope']!r}, not 'segment'")
             elif ref not in masks:
-                fail(row["record_id"], f"region_ref {ref!r} is no mask record of any sealed sam_masks run")
+                fail(row["record_id"], f"region_ref {ref!r} is no mask record of any sealed sam_masks or box_masks run")
             elif masks[ref] != pair.plate_sha256:
                 fail(row["record_id"], f"mask {ref} belongs to plate bytes {masks[ref][:12]}, not {pair.plate_sha256[:12]}")
     return {outcome.name: outcome}

@@ -44,6 +44,8 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         "class": {k: record[k] for k in ("class_id", "label", "pixel_count", "class_map_path", "class_map_sha256")}
         if "class_id" in record
         else None,
+        # Box records (detr_detections, grounding_dino_detections): the box, its label and text prompt.
+        "detection": _detection(record) if "box_index" in record and "mask_sha256" not in record else None,
         "plate": {
             "plate_id": pair.plate_id,
             "sha256": pair.plate_sha256,
@@ -65,6 +67,8 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
         ),
         # A CLIP-fed probe's score names the embedding record it scored: its own lineage (embedding -> CLIP pin -> plate).
         "embedding": lineage(store, record["embedding_ref"]) if record.get("embedding_ref") else None,
+        # A box-prompted mask names the box record that prompted it: its own lineage (box -> prompt -> detector pin -> plate).
+        "box": lineage(store, record["box_ref"]) if record.get("box_ref") else None,
         "preprocess_tag": pair.preprocess_tag,
         "run_id": pair.run_id,
         "dagster_run_id": pair.dagster_run_id,
@@ -76,3 +80,21 @@ def lineage(store: RunStore, record_id: str) -> dict[str, Any]:
             "manifest": "matches the seal log" if sealing is None else f"{sealing.kind}: {sealing.detail}",
         },
     }
+
+
+def _detection(record: dict[str, Any]) -> dict[str, Any]:
+    """A box record's box, label and prompt; the prompt's text from the prompt registry when one of
+    its versions has that sha256 (None: the record's prompt is not in this registry)."""
+    from awb_dagster.registry.prompts import PromptRegistry
+
+    prompt = None
+    if record.get("prompt_id"):
+        registry = PromptRegistry.load()
+        versions = [p for (pid, _), p in registry.prompts.items() if pid == record["prompt_id"] and p.sha256 == record["prompt_sha256"]]
+        prompt = {
+            "prompt_id": record["prompt_id"],
+            "sha256": record["prompt_sha256"],
+            "version": versions[0].version if versions else None,
+            "text": versions[0].template if versions else None,
+        }
+    return {"label": record["label"], "score": record["score"], "bbox": record["bbox"], "prompt": prompt}

@@ -1,5 +1,6 @@
-"""The sealed SAM mask sets of one SAM pin, indexed once per step: which set a plate's segments
-are cut from, and its rows once the artifact's bytes match its sealed manifest."""
+"""The sealed SAM mask sets of one SAM pin (or of one ``<detector pin>~<SAM pin>`` box-mask pair),
+indexed once per step: which set a plate's segments are cut from, and its rows once the artifact's
+bytes match its sealed manifest."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 
 from awb_dagster.instruments.regions import RegionError
 from awb_dagster.plates.catalog import Plate
+from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR
 from awb_dagster.provenance.store import RunStore, SealedPair, verified_path
 
 MASK_COLUMNS = ["record_id", "rle_counts", "rle_size", "bbox", "area"]
@@ -38,9 +40,10 @@ class MaskSets:
         pairs = self._pairs.get((plate.plate_id, plate.sha256))
         if not pairs:
             which = f" under preprocess tag {self.sam_tag!r}" if self.sam_tag else ""
+            asset, pins = ("box_masks", "box-mask pins") if REGION_PAIR_SEPARATOR in self.sam_pin else ("sam_masks", "SAM pin")
             raise RegionError(
-                f"no sealed sam_masks for plate {plate.plate_id} (sha256 {plate.sha256[:12]}) and SAM pin "
-                f"{self.sam_pin}{which}; materialize sam_masks for partition {self.sam_pin}|{plate.plate_id} first"
+                f"no sealed {asset} for plate {plate.plate_id} (sha256 {plate.sha256[:12]}) and {pins} "
+                f"{self.sam_pin}{which}; materialize {asset} for partition {self.sam_pin}|{plate.plate_id} first"
             )
         return max(pairs, key=lambda p: p.run_id)  # run ids start with their UTC start time
 

@@ -19,11 +19,25 @@ def segment_pin_key(embedding_pin: str, sam_pin: str) -> str:
 
 
 def split_segment_pin_key(key: str) -> tuple[str, str]:
-    """``<embedding pin>~<sam pin>`` -> (embedding pin, sam pin)."""
+    """``<embedding pin>~<sam pin>`` -> (embedding pin, sam pin). The mask source may itself be a
+    box-mask pair (``<embedding pin>~<detector pin>~<sam pin>``): its store key is the rest."""
     embedding_pin, separator, sam_pin = key.partition(REGION_PAIR_SEPARATOR)
     if not separator or not embedding_pin or not sam_pin:
         raise ValueError(f"segment pin key {key!r} is not '<embedding pin>{REGION_PAIR_SEPARATOR}<sam pin>'")
     return embedding_pin, sam_pin
+
+
+def box_mask_pin_key(detector_pin: str, sam_pin: str) -> str:
+    """The pins key of box-prompted masks (and their store key): ``<detector pin>~<sam pin>``."""
+    return f"{detector_pin}{REGION_PAIR_SEPARATOR}{sam_pin}"
+
+
+def split_box_mask_pin_key(key: str) -> tuple[str, str]:
+    """``<detector pin>~<sam pin>`` -> (detector pin, sam pin)."""
+    detector_pin, separator, sam_pin = key.partition(REGION_PAIR_SEPARATOR)
+    if not separator or not detector_pin or not sam_pin or REGION_PAIR_SEPARATOR in sam_pin:
+        raise ValueError(f"box mask pin key {key!r} is not '<detector pin>{REGION_PAIR_SEPARATOR}<sam pin>'")
+    return detector_pin, sam_pin
 
 
 def tile_pair_key(embedding_pin: str) -> str:

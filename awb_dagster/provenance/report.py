@@ -18,6 +18,9 @@ def _record_shape(info: Mapping) -> str:
     mask = info.get("mask")
     if mask:
         return f"mask area {mask['area']}, bbox XYWH {mask['bbox']}"
+    box = info.get("detection")
+    if box:
+        return f"box {box['label']!r} score {box['score']:.3f}, XYWH [{', '.join(f'{v:.1f}' for v in box['bbox'])}]"
     semantic = info.get("class")
     if semantic:
         return f"class {semantic['class_id']} {semantic['label']!r}, {semantic['pixel_count']} pixels"
@@ -36,7 +39,7 @@ def _verdict(artifact: Mapping) -> str:
 
 def format_lineage(info: Mapping) -> str:
     """The trace :func:`awb_dagster.provenance.lineage.lineage` returns, one field a line; a
-    segment's mask record follows, indented."""
+    segment's mask record follows, indented, and a box-prompted mask's box record under it."""
     plate, model, artifact = info["plate"], info["model"], info["artifact"]
     lines = [
         f"record      {info['record_id']} ({info['scope']}, {_record_shape(info)})",
@@ -52,10 +55,18 @@ def format_lineage(info: Mapping) -> str:
         lines.append(f"manifest    {artifact['manifest']}")
     if info.get("scope") == "tile":
         lines.insert(1, f"tile        {info['region_ref']} (XYWH, plate pixels)")
+    prompt = (info.get("detection") or {}).get("prompt")
+    if prompt:
+        version = f"v{prompt['version']}, {prompt['text']!r}" if prompt["version"] else "NOT in this prompt registry"
+        lines.insert(1, f"prompt      {prompt['prompt_id']} sha256 {prompt['sha256']} ({version})")
     region = info.get("region")
     if region:
         lines.append("region      the mask this segment was cut from:")
         lines.extend("  " + line for line in format_lineage(region).splitlines())
+    box = info.get("box")
+    if box:
+        lines.append("box         the detected box this mask was prompted with:")
+        lines.extend("  " + line for line in format_lineage(box).splitlines())
     embedding = info.get("embedding")
     if embedding:
         lines.append("embedding   the embedding record this score was computed from:")

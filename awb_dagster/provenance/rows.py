@@ -92,22 +92,14 @@ def mask_rows(
     Identical masks (possible only when NMS is disabled) would share a record id; the first,
     best-scoring one is kept.
     """
-    from pycocotools import mask as mask_utils
-
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for generated in masks:
-        mask = generated.mask
-        height, width = mask.shape
-        digest = mask_sha256(mask)
+        geometry = mask_geometry(generated.mask)
+        digest = geometry["mask_sha256"]
         if digest in seen:
             continue
         seen.add(digest)
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
-        area = int(mask_utils.area(rle))
-        ys, xs = np.nonzero(mask)
-        plate_area = width * height
         rows.append(
             {
                 **record_fields(
@@ -116,23 +108,38 @@ def mask_rows(
                     scope="segment", region=f"mask-sha256:{digest}",
                 ),  # fmt: skip
                 "mask_index": len(rows),
-                "rle_counts": rle["counts"].decode("ascii"),
-                "rle_size": [int(height), int(width)],
-                "mask_sha256": digest,
-                "bbox": [x, y, w, h],
-                "area": area,
-                "centroid": [float(xs.mean()), float(ys.mean())],
-                "area_fraction": area / plate_area,
-                "bbox_area_fraction": (w * h) / plate_area,
-                "bbox_fill": area / (w * h),
+                **geometry,
                 "predicted_iou": generated.predicted_iou,
                 "stability_score": generated.stability_score,
                 "point_coords": list(generated.point_coords),
                 "crop_box": list(generated.crop_box),
-                "fragmentation": count_components(mask),
+                "fragmentation": count_components(generated.mask),
             }
         )
     return rows
+
+
+def mask_geometry(mask: np.ndarray) -> dict[str, Any]:
+    """The RLE, hash and geometry fields of one non-empty mask record (module docstring)."""
+    from pycocotools import mask as mask_utils
+
+    height, width = mask.shape
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    area = int(mask_utils.area(rle))
+    ys, xs = np.nonzero(mask)
+    plate_area = width * height
+    return {
+        "rle_counts": rle["counts"].decode("ascii"),
+        "rle_size": [int(height), int(width)],
+        "mask_sha256": mask_sha256(mask),
+        "bbox": [x, y, w, h],
+        "area": area,
+        "centroid": [float(xs.mean()), float(ys.mean())],
+        "area_fraction": area / plate_area,
+        "bbox_area_fraction": (w * h) / plate_area,
+        "bbox_fill": area / (w * h),
+    }
 
 
 def class_area_rows(

@@ -315,6 +315,5 @@ class InstrumentsResource(dg.ConfigurableResource):
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
         caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
-                  self._detectors, self._grounded, self._foreground)  # fmt: skip
-                  self._detectors, self._grounded, self._towers)  # fmt: skip
+                  self._detectors, self._grounded, self._foreground, self._towers)  # fmt: skip
         return sum(len(cache) for cache in caches)

@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from awb_dagster.demo.tiny_exotic import tiny_aimv2, tiny_biomedclip_files, tiny_open_clip_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr", "grounding-dino"]
+                         "detr", "grounding-dino", "open-clip", "biomedclip", "aimv2"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -34,6 +35,9 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-aesthetic-mlp": "aesthetic-mlp",
     "awb-demo/tiny-detr": "detr",
     "awb-demo/tiny-grounding-dino": "grounding-dino",
+    "awb-demo/tiny-open-clip": "open-clip",
+    "awb-demo/tiny-biomedclip": "biomedclip",
+    "awb-demo/tiny-aimv2": "aimv2",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -47,6 +51,9 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "aesthetic-mlp": None,  # none declared, as for camenduru/improved-aesthetic-predictor
     "detr": "object-detection",
     "grounding-dino": "zero-shot-object-detection",
+    "open-clip": "zero-shot-image-classification",
+    "biomedclip": "zero-shot-image-classification",
+    "aimv2": "image-feature-extraction",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -258,6 +265,7 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "convnext-classifier": _tiny_convnext_classifier,
     "detr": _tiny_detr,
     "grounding-dino": tiny_grounding_dino,
+    "aimv2": tiny_aimv2,
 }
 
 
@@ -278,14 +286,21 @@ def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
     return {DEMO_AESTHETIC_MLP_FILE: buffer.getvalue()}
 
 
+# Kinds whose repo files are not a transformers save_pretrained, and the hub library they declare.
+_FILE_BUILDERS: dict[CheckpointKind, Callable[[], dict[str, bytes]]] = {
+    "aesthetic-mlp": _tiny_aesthetic_mlp_files, "open-clip": tiny_open_clip_files, "biomedclip": tiny_biomedclip_files,
+}  # fmt: skip
+_LIBRARIES: dict[CheckpointKind, str | None] = {"aesthetic-mlp": None, "open-clip": "open_clip", "biomedclip": "open_clip"}
+
+
 def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
     """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``."""
     import torch
 
-    if kind == "aesthetic-mlp":  # not a transformers model: one weight file, no config
+    if kind in _FILE_BUILDERS:  # not transformers models: their own files
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _tiny_aesthetic_mlp_files()
+            return _FILE_BUILDERS[kind]()
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):
@@ -308,7 +323,7 @@ def publish_demo_repos(
             build_tiny_repo(kind, seed=seed),
             license=DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE),
             pipeline_tag=DEMO_PIPELINE_TAGS[kind],
-            library_name=None if kind == "aesthetic-mlp" else "transformers",
+            library_name=_LIBRARIES.get(kind, "transformers"),
         )
         for repo_id, kind in DEMO_REPOS.items()
         if repo_id in wanted

@@ -8,7 +8,7 @@ import pytest
 from awb_dagster.constants import GPU_POOL, PIN_DIMENSION, PLATE_DIMENSION
 from awb_dagster.definitions import defs
 
-FAMILIES = ("clip", "siglip", "dinov2")
+FAMILIES = ("clip", "siglip", "dinov2", "aimv2", "biomedclip")
 
 
 def test_asset_keys():
@@ -18,6 +18,7 @@ def test_asset_keys():
         "atlas", "ensemble_disagreement", "topology_report", "sam_masks", "pin_drift_report",
         "segment_embeddings", "tile_embeddings", "semantic_segmentation", "convnet_embeddings",
         "wikiart_logits", "emotion_logits", "aesthetic_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
+        "aimv2_embeddings", "biomedclip_embeddings",
     }  # fmt: skip
 
 

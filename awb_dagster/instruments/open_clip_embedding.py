@@ -3,7 +3,8 @@ at a pinned sha, from the home's hub cache.
 
 The hub layout open_clip's own ``hf-hub:`` loader reads (``open_clip.factory``): the repo's
 ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and one weight file, preferring
-``open_clip_model.safetensors`` over ``open_clip_pytorch_model.bin`` as open_clip does. Both are
+``open_clip_model.safetensors`` (or ``open_clip_pytorch_model.safetensors``) over
+``open_clip_pytorch_model.bin`` as open_clip does. Both are
 fetched with ``hf_hub_download`` at the pinned sha (cache only once the pin carries them).
 
 Only the image tower is built, with open_clip's own builder (``open_clip.model._build_vision_tower``,
@@ -43,7 +44,7 @@ ADAPTER_VERSION = "open-clip-embedding-v1"
 OPEN_CLIP_LIBRARY = "open_clip"
 CONFIG_FILE = "open_clip_config.json"
 # open_clip's preference among the weight files an hf-hub repo may hold (factory._find_checkpoint_in_dir).
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin")
 OUTPUT_FIELD = "visual(image)"  # open_clip's encode_image(image, normalize=False)
 
 
@@ -109,7 +110,7 @@ class OpenClipEmbedder:
         config, weights = self._files()
         self.model_cfg = config["model_cfg"]
         self.model, self.transform, spec = self._build(config, weights)
-        spec["draft_min_side"] = 2 * max(np.atleast_1d(spec["size"])) if jpeg_draft else None
+        spec["draft_min_side"] = 2 * int(max(np.atleast_1d(spec["size"]))) if jpeg_draft else None
         spec.update(decoder=decoder_tag(), color_policy=COLOR_POLICY, color_policy_description=COLOR_POLICY_DESCRIPTION)
         self.preprocess_spec = spec
         self.preprocess_tag = preprocess_tag(spec)

@@ -32,7 +32,8 @@ from awb_dagster.registry.hub_client import PinError
 
 PIN_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken")
 # open_clip's weight files in a hub repo: the pickle is pinned only where no safetensors exists.
-OPEN_CLIP_SAFETENSORS, OPEN_CLIP_PICKLE = "open_clip_model.safetensors", "open_clip_pytorch_model.bin"
+OPEN_CLIP_SAFETENSORS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+OPEN_CLIP_PICKLE = "open_clip_pytorch_model.bin"
 STAGING_DIR = ".awb-incoming"
 _CHUNK = 1 << 20
 
@@ -61,7 +62,7 @@ def pinned_siblings(info: ModelInfo) -> list[RepoSibling]:
     open_clip loads it with ``torch.load(weights_only=True)``."""
     siblings = list(info.siblings or ())
     names = {s.rfilename for s in siblings}
-    extra = {OPEN_CLIP_PICKLE} if OPEN_CLIP_PICKLE in names and OPEN_CLIP_SAFETENSORS not in names else set()
+    extra = {OPEN_CLIP_PICKLE} if OPEN_CLIP_PICKLE in names and not names & set(OPEN_CLIP_SAFETENSORS) else set()
     return sorted(
         (s for s in siblings if s.rfilename in extra or any(fnmatch(s.rfilename, p) for p in PIN_FILE_PATTERNS)),
         key=lambda s: s.rfilename,

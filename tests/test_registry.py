@@ -89,6 +89,9 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-aesthetic-mlp": ("aesthetic", None, None),
     "awb-demo/tiny-detr": ("detr", None, 64),
     "awb-demo/tiny-grounding-dino": ("grounding-dino", None, 64),
+    "awb-demo/tiny-open-clip": ("clip", 32, 32),
+    "awb-demo/tiny-biomedclip": ("biomedclip", 16, 32),
+    "awb-demo/tiny-aimv2": ("aimv2", 32, 32),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 

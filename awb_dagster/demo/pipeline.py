@@ -8,6 +8,7 @@ from pathlib import Path
 
 from awb_dagster.constants import EMBEDDING_FAMILIES, TEXTURE_FAMILIES
 from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
+from awb_dagster.demo.tiny_exotic import DEMO_NOT_PINNED
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
 
@@ -51,7 +52,7 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
 
         registry = Registry.load(lock_path=paths.lock)
         lock = PinLock.load(paths.lock)
-        for repo_id in DEMO_REPOS:
+        for repo_id in (repo for repo in DEMO_REPOS if repo not in DEMO_NOT_PINNED):
             pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
             _say(f"pinned {repo_id} -> {pin.key}")

@@ -24,6 +24,11 @@ from __future__ import annotations
 import io
 import json
 
+# Published on the demo hub (tests pin them), but not pinned by `awb demo`, which stays fast: its
+# one exotic step is the BiomedCLIP-layout tower (open_clip loader, .bin weights) in the atlas.
+# `awb demo publish awb-demo/tiny-aimv2` (or tiny-open-clip) pins one into a demo home by hand.
+DEMO_NOT_PINNED = ("awb-demo/tiny-open-clip", "awb-demo/tiny-aimv2")
+
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 # BiomedCLIP's text tower as its open_clip_config.json names it (never fetched here).

@@ -178,3 +178,20 @@ def test_flagged_exotic_licenses_need_the_opt_in(model_id, license):
         registry.require_admitted(model_id)
     assert registry.require_admitted(model_id, license_opt_in=[license]).instrument is runnable
     assert registry.require_admitted(model_id, license_opt_in=[runnable.key]).instrument is runnable
+
+
+def test_pin_carries_the_open_clip_pickle_only_where_no_open_clip_safetensors_exists():
+    from huggingface_hub.hf_api import RepoSibling
+
+    from awb_dagster.registry.pin_files import pinned_siblings
+
+    def pinned(*names: str) -> list[str]:
+        info = SimpleNamespace(siblings=[RepoSibling(rfilename=name) for name in names])
+        return [sibling.rfilename for sibling in pinned_siblings(info)]
+
+    biomedclip = ("open_clip_config.json", "open_clip_pytorch_model.bin", "vocab.txt", "README.md")
+    assert pinned(*biomedclip) == ["open_clip_config.json", "open_clip_pytorch_model.bin", "vocab.txt"]
+    clip_h = ("config.json", "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+              "pytorch_model.bin")  # fmt: skip
+    assert pinned(*clip_h) == ["config.json", "open_clip_config.json", "open_clip_model.safetensors"]
+    assert pinned("pytorch_model.bin", "config.json") == ["config.json"]  # other pickles: never

@@ -1,6 +1,6 @@
 """Names defined once: groups, pools, tags, families."""
 
-EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2")
+EMBEDDING_FAMILIES = ("clip", "siglip", "dinov2", "aimv2", "biomedclip")
 SEGMENTATION_FAMILIES = ("sam",)
 # Registry families the SAM adapter runs: their pins share the sam pins partition (sam_masks).
 SAM_FAMILIES = ("sam", "sam-hq")

@@ -332,8 +332,8 @@ def test_corpus_assets_depend_on_every_family_and_are_automated():
 
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get(dg.AssetKey("atlas")).parent_keys} == {
-        "clip_embeddings", "siglip_embeddings", "dinov2_embeddings", "convnet_embeddings", "segment_embeddings",
-        "tile_embeddings",
+        "clip_embeddings", "siglip_embeddings", "dinov2_embeddings", "aimv2_embeddings", "biomedclip_embeddings",
+        "convnet_embeddings", "segment_embeddings", "tile_embeddings",
     }  # fmt: skip
     for name in ("ensemble_disagreement", "topology_report"):
         assert graph.get(dg.AssetKey(name)).parent_keys == {dg.AssetKey("atlas")}

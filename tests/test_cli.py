@@ -48,8 +48,8 @@ def test_registry_show_dead_alias_says_what_to_use(capsys, tmp_path, alias, hint
 def test_registry_list_json_and_check(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "registry", "list", "--json", "--home", str(tmp_path))
     rows = json.loads(out)
-    # 41 hub ids, Tesseract, 7 torchvision (6 baselines, the demo's tiny ConvNeXt), 3 original SAM files, 10 demo
-    assert code == 0 and len(rows) == 62
+    # 41 hub ids, Tesseract, 7 torchvision (6 baselines, the demo's tiny ConvNeXt), 3 original SAM files, 13 demo
+    assert code == 0 and len(rows) == 65
     assert set(rows[0]) == {"id", "family", "role", "status", "license", "pin"}
     assert {r["status"] for r in rows} == {"ideas"}  # nothing is pinned in a fresh home
     code, out, _ = run_cli(capsys, "registry", "check", "--home", str(tmp_path))
@@ -129,7 +129,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     (log,) = (tmp_path / "home" / "logs").glob("demo-*.log")
     assert f"library and Dagster logs go to {log}" in result.stdout and "dagster - INFO" in log.read_text()
     out = result.stdout
-    for family in ("clip", "siglip", "dinov2"):
+    for family in ("clip", "siglip", "dinov2", "biomedclip"):
         assert f"\n{family} " in out
     assert "lineage of one embedding" in out and "(verified)" in out
     assert "\natlas (" in out and "disagreement, headline" in out and "topology report (consensus" in out
@@ -140,7 +140,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     probes = ["convnet-embeddings", "wikiart-logits", "aesthetic-scores", "probe-axes"]
     ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
     boxes = ["grounding-dino-detections", "box-masks", "clip-segment-embeddings"]  # text -> boxes -> masks -> embeddings
-    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "atlas", "ensemble-disagreement",
+    assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "biomedclip-embeddings", "atlas", "ensemble-disagreement",
                             "topology-report", "sam-masks", "sam-masks", "semantic-segmentation", *regions, *probes,
                             *ocr, "blip-captions", "foreground-masks", *boxes])  # fmt: skip
     assert "\ncaption of " in out and "prompt: caption.plain@v1 sha256 " in out and '"max_new_tokens": 8' in out
@@ -163,12 +163,12 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         "awb-demo/tiny-clip": 1, "awb-demo/tiny-siglip": 1, "awb-demo/tiny-dinov2": 1, "awb-demo/tiny-sam": 1,
         "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1, "awb-demo/tiny-aesthetic-mlp": 1,
         "awb-demo/tiny-convnext": 1, "awb-demo/tiny-detr": 1, "awb-demo/tiny-grounding-dino": 1,
-        "awb-demo/tiny-wikiart-convnext": 1, "awb-demo/tiny-blip": 1, "awb-demo/tiny-u2net": 1,
+        "awb-demo/tiny-wikiart-convnext": 1, "awb-demo/tiny-blip": 1, "awb-demo/tiny-u2net": 1, "awb-demo/tiny-biomedclip": 1,
         **({"tesseract": 1} if ocr else {}),
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     embedding_runs = [m for m in manifests if json.loads(m.read_text())["kind"].endswith("-embeddings")]
-    assert len(embedding_runs) == 4 + len(regions) + 1  # clip, siglip, dinov2, convnet; segments of box masks
+    assert len(embedding_runs) == 5 + len(regions) + 1  # clip, siglip, dinov2, biomedclip, convnet; segments of box masks
 
 
 def test_run_sam_family_from_the_cli(capsys, tmp_path, loopback_hub):

@@ -8,7 +8,7 @@ import pytest
 from awb_dagster.constants import GPU_POOL, PIN_DIMENSION, PLATE_DIMENSION
 from awb_dagster.definitions import defs
 
-FAMILIES = ("clip", "siglip", "dinov2")
+FAMILIES = ("clip", "siglip", "dinov2", "aimv2", "biomedclip")
 
 
 def test_asset_keys():
@@ -21,6 +21,7 @@ def test_asset_keys():
         "blip_captions", "blip2_captions", "qwen2_vl_captions", "foreground_masks",
         "clip_zeroshot_labels", "siglip_zeroshot_labels",
         "box_masks",
+        "aimv2_embeddings", "biomedclip_embeddings",
     }  # fmt: skip
 
 

@@ -226,7 +226,7 @@ def test_box_prompted_masks_match_segment_anything_sam_predictor(tmp_path):
     weights: IoU >= 0.99 per box on every sample plate, awkward ones included."""
     from segment_anything import SamPredictor
 
-    from awb_dagster.demo.checkpoints import build_tiny_original_sam, tiny_original_sam
+    from awb_dagster.demo.tiny_sam_original import build_tiny_original_sam, tiny_original_sam
     from awb_dagster.instruments.box_sam import box_prompted_masks
     from awb_dagster.instruments.sam_convert import load_original_as_transformers, processor_for
     from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR

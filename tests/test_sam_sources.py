@@ -21,7 +21,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from awb_dagster.constants import SAM_FAMILIES
-from awb_dagster.demo.checkpoints import build_tiny_original_sam
+from awb_dagster.demo.tiny_sam_original import build_tiny_original_sam
 from awb_dagster.instruments.amg import GeneratorSettings
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.sam import ARCHITECTURES, MaskGenerator

@@ -22,7 +22,7 @@ from awb_dagster.registry.model import Registry
 
 ATLAS_CODE_VERSION = "atlas-1"
 # Seed: "the minimum recommended ensemble is CLIP + DINOv2", so they come first in the default order.
-FAMILY_ORDER = ("clip", "dinov2", "siglip", "convnet")  # convnet: the torchvision texture baselines (seed 11)
+FAMILY_ORDER = ("clip", "dinov2", "siglip", "aimv2", "biomedclip", "convnet")  # convnet: the torchvision texture baselines (seed 11)
 FAMILY_ASSETS = [f"{family}_embeddings" for family in FAMILY_ORDER]
 ATLAS_KEY = dg.AssetKey("atlas")
 

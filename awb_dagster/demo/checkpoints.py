@@ -4,8 +4,8 @@ Each builder instantiates the actual model class (CLIP, SigLIP, DINOv2, SAM, SAM
 dimensions and seeded random weights, and saves it exactly as a hub repo holds it: ``config.json``,
 ``model.safetensors`` and the real image processor's ``preprocessor_config.json``. The same seed
 gives the same bytes, so a repo published from them gets the same commit sha every time.
-:func:`build_tiny_original_sam` writes a tiny checkpoint in segment-anything's own ``.pth``
-format instead, as the official ``sam_vit_*.pth`` files are published.
+:func:`awb_dagster.demo.tiny_sam_original.build_tiny_original_sam` writes a tiny checkpoint in
+segment-anything's own ``.pth`` format instead, as the official ``sam_vit_*.pth`` files are published.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from awb_dagster.demo.tiny_exotic import tiny_aimv2, tiny_biomedclip_files, tiny_open_clip_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 from awb_dagster.demo.tiny_u2net import tiny_u2net_files
 from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr", "grounding-dino", "u2net"]
+                         "detr", "grounding-dino", "u2net", "open-clip", "biomedclip", "aimv2"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -37,6 +38,9 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-detr": "detr",
     "awb-demo/tiny-grounding-dino": "grounding-dino",
     "awb-demo/tiny-u2net": "u2net",
+    "awb-demo/tiny-open-clip": "open-clip",
+    "awb-demo/tiny-biomedclip": "biomedclip",
+    "awb-demo/tiny-aimv2": "aimv2",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -51,6 +55,9 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "detr": "object-detection",
     "grounding-dino": "zero-shot-object-detection",
     "u2net": None,  # none declared, as for Carve/u2net-universal
+    "open-clip": "zero-shot-image-classification",
+    "biomedclip": "zero-shot-image-classification",
+    "aimv2": "image-feature-extraction",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -262,6 +269,7 @@ _BUILDERS: dict[CheckpointKind, Callable[[], tuple[object, object]]] = {
     "convnext-classifier": _tiny_convnext_classifier,
     "detr": _tiny_detr,
     "grounding-dino": tiny_grounding_dino,
+    "aimv2": tiny_aimv2,
 }
 
 
@@ -282,15 +290,25 @@ def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
     return {DEMO_AESTHETIC_MLP_FILE: buffer.getvalue()}
 
 
+# Kinds whose repo files are not a transformers save_pretrained, and the hub library they declare.
+_FILE_BUILDERS: dict[CheckpointKind, Callable[[], dict[str, bytes]]] = {
+    "aesthetic-mlp": _tiny_aesthetic_mlp_files, "u2net": tiny_u2net_files,
+    "open-clip": tiny_open_clip_files, "biomedclip": tiny_biomedclip_files,
+}  # fmt: skip
+_LIBRARIES: dict[CheckpointKind, str | None] = {
+    "aesthetic-mlp": None, "u2net": None, "open-clip": "open_clip", "biomedclip": "open_clip",
+}  # fmt: skip
+
+
 def build_tiny_repo(kind: CheckpointKind, seed: int = 0, *, tokenizer: bool = True) -> dict[str, bytes]:
     """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``
     (``tokenizer=False``: the tiny CLIP without its text tower's tokenizer, as first published)."""
     import torch
 
-    if kind in ("aesthetic-mlp", "u2net"):  # not transformers models: one weight file, no config
+    if kind in _FILE_BUILDERS:  # not transformers models: their own files
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _tiny_aesthetic_mlp_files() if kind == "aesthetic-mlp" else tiny_u2net_files()
+            return _FILE_BUILDERS[kind]()
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):
@@ -317,54 +335,11 @@ def publish_demo_repos(
         if repo_id not in wanted:
             continue
         card = {"license": DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE), "pipeline_tag": DEMO_PIPELINE_TAGS[kind],
-                "library_name": None if kind in ("aesthetic-mlp", "u2net") else "transformers"}  # fmt: skip
+                "library_name": _LIBRARIES.get(kind, "transformers")}  # fmt: skip
         if kind == "clip" and seed == 0:
             hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed, tokenizer=False), **card)
         heads[repo_id] = hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed), **card)
     return heads
-
-
-def build_tiny_original_sam(seed: int = 0) -> bytes:
-    """A tiny SAM in segment-anything's ``.pth`` format (``torch.save`` of the state dict, as the
-    official ``sam_vit_*.pth`` files are) of :func:`tiny_original_sam`."""
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(tiny_original_sam(seed).state_dict(), buffer)
-    return buffer.getvalue()
-
-
-def tiny_original_sam(seed: int = 0) -> object:
-    """A tiny ``segment_anything.modeling.Sam`` with small dims and seeded random weights. The
-    position tables segment-anything initializes to zero are drawn from N(0, 0.02), as
-    ``_tiny_sam`` does for its vision tower, so random-weight masks have some structure."""
-    import torch
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=16,
-                use_rel_pos=True, window_size=2, global_attn_indexes=(1,),
-                norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-            ),
-            # segment-anything's decoder always has 8 heads (the converter assumes it).
-            mask_decoder=MaskDecoder(
-                transformer_dim=16, transformer=TwoWayTransformer(depth=2, embedding_dim=16, num_heads=8, mlp_dim=32),
-                iou_head_depth=3, iou_head_hidden_dim=16,
-            ),
-        )  # fmt: skip
-        with torch.no_grad():
-            for name, tensor in sam.image_encoder.named_parameters():
-                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
-                    tensor.normal_(0.0, 0.02)
-    return sam.eval()
 
 
 def write_tiny_convnext(directory: Path, seed: int = 0) -> Path:

@@ -11,6 +11,7 @@ from awb_dagster.demo.caption_demo import caption_summary, pin_demo_captioner, p
 from awb_dagster.demo.quiet import StepLine
 from awb_dagster.demo.ocr_demo import TESSERACT, ocr_summary, pin_installed_tesseract
 from awb_dagster.demo.search_demo import search_summary
+from awb_dagster.demo.tiny_exotic import DEMO_NOT_PINNED
 from awb_dagster.paths import HomePaths
 from awb_dagster.provenance.report import format_lineage, text_table
 
@@ -66,11 +67,12 @@ def run_demo(home: Path, plates_dir: Path | None = None) -> int:
 
         registry = Registry.load(lock_path=paths.lock)
         lock = PinLock.load(paths.lock)
-        for repo_id in DEMO_REPOS:
+        pinned_repos = [repo for repo in DEMO_REPOS if repo not in DEMO_NOT_PINNED]
+        for repo_id in pinned_repos:
             pin = capture_pin(registry.get(repo_id).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
             _step(f"pinned {repo_id} -> {pin.key}")
-        _say(f"pinned {len(DEMO_REPOS)} demo models at their loopback hub heads (awb registry list --home {paths.root})")
+        _say(f"pinned {len(pinned_repos)} demo models at their loopback hub heads (awb registry list --home {paths.root})")
         # The tiny ConvNet is a local torchvision weight file, pinned as real torchvision weights are.
         convnet_file = write_tiny_convnext(paths.root / "demo-weights")
         pin = capture_torchvision_pin(registry.get(DEMO_CONVNET).instrument, convnet_file, weights_dir=paths.weights)

@@ -12,6 +12,7 @@ import torch
 
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.pin_files import pin_files_cached
+from awb_dagster.registry.remote_code import remote_code_allowed
 from awb_dagster.registry.roster import Instrument
 
 # PIL resample codes as image processors store them, by name (the name goes into preprocess tags).
@@ -50,7 +51,8 @@ def require_pin_of(instrument: Instrument, pin: Pin, error: type[Exception]) -> 
 
 def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, local_files_only: bool) -> dict[str, Any]:
     """``from_pretrained`` arguments that load exactly the pinned weights: the locked sha (never
-    a branch), the home's cache, and remote code only where the registry entry allows it.
+    a branch), the home's cache, and remote code only where the registry entry allows it for this
+    sha and the user opted in (otherwise a declared remote-code entry raises, naming the flag).
 
     A pin whose files are in ``cache_dir`` (``awb pin`` fetched and verified them there) loads
     from it alone, whatever ``local_files_only`` says: no network, no endpoint. A pin taken before
@@ -59,7 +61,7 @@ def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, loca
         "revision": pin.sha,
         "cache_dir": str(cache_dir) if cache_dir else None,
         "local_files_only": local_files_only or pin_files_cached(cache_dir, pin.model_id, pin.sha, pin.files),
-        "trust_remote_code": instrument.trust_remote_code,
+        "trust_remote_code": remote_code_allowed(instrument, pin),
     }
 
 

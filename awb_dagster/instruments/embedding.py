@@ -1,4 +1,4 @@
-"""Image embedding instruments (CLIP, SigLIP, DINOv2) through transformers at a pinned sha.
+"""Image embedding instruments (CLIP, SigLIP, DINOv2, AIMv2) through transformers at a pinned sha.
 
 Plain Python: no Dagster here. An :class:`ImageEmbedder` is built from a registry
 instrument and its pin, loads weights once, and turns RGB images into float32 vectors
@@ -53,12 +53,21 @@ class FamilySpec:
     # CLIP checkpoints carry the projection dim at the top level of a CLIPConfig;
     # the vision tower must be built with it or its projection is re-initialized.
     vision_config_from_parent: bool = False
+    # The vector is the mean of output_field's tokens [B, N, C] -> [B, C] (a model without CLS or head).
+    token_mean: bool = False
+
+    @property
+    def output(self) -> str:
+        """The output the vector is, as the manifest records it."""
+        return f"{self.output_field}.mean(tokens)" if self.token_mean else self.output_field
 
 
 FAMILIES: dict[str, FamilySpec] = {
     "clip": FamilySpec("CLIPVisionModelWithProjection", "image_embeds", vision_config_from_parent=True),
     "siglip": FamilySpec("SiglipVisionModel", "pooler_output"),
     "dinov2": FamilySpec("Dinov2Model", "pooler_output"),
+    # AIMv2 has no CLS token; the distilled vision-only checkpoints have no pooling head either.
+    "aimv2": FamilySpec("Aimv2VisionModel", "last_hidden_state", token_mean=True),
 }
 
 def describe_processor(processor: Any) -> dict[str, Any]:
@@ -265,6 +274,8 @@ class ImageEmbedder:
         """[B, 3, H, W] -> raw embeddings [B, dim] as float32 on the CPU."""
         batch = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
         output = getattr(self.model(pixel_values=batch), self.family.output_field)
+        if self.family.token_mean:
+            output = output.mean(dim=1)
         return output.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -274,7 +285,7 @@ class ImageEmbedder:
             "output_kind": "vector",
             "output_dim": self.dim,
             "output_dtype": "float32",
-            "output_field": self.family.output_field,
+            "output_field": self.family.output,
             "model_class": self.family.model_class,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),

@@ -1,4 +1,4 @@
-"""Plate embeddings (seed 3-4): CLIP, SigLIP and DINOv2, one record per plate × pin.
+"""Plate embeddings (seed 3-4): CLIP, SigLIP, DINOv2, AIMv2 and BiomedCLIP, one record per plate × pin.
 
 Plates decode in the engine's threads while the model embeds the previous batch; each batch
 of plates goes to one Parquet artifact of the pin's sealed run.
@@ -118,8 +118,9 @@ class EmbeddingProducer:
 EMBEDDING_PRODUCERS = (
     EmbeddingProducer(
         "clip",
-        "CLIP image embeddings (projected image_embeds), raw and L2-normalized, one record per "
-        "plate × pinned CLIP model. Preprocessing follows the model's own image processor config.",
+        "CLIP image embeddings (projected image_embeds; open_clip checkpoints: encode_image), raw and "
+        "L2-normalized, one record per plate × pinned CLIP model. Preprocessing follows the model's own "
+        "image processor config (open_clip: its preprocess_cfg).",
     ),
     EmbeddingProducer(
         "siglip",
@@ -130,5 +131,15 @@ EMBEDDING_PRODUCERS = (
         "dinov2",
         "DINOv2 image embeddings (CLS token after the final layernorm, pooler_output), raw and "
         "L2-normalized, one record per plate × pinned DINOv2 model.",
+    ),
+    EmbeddingProducer(
+        "aimv2",
+        "AIMv2 image embeddings (mean of the final RMS-normed patch tokens: no CLS token, no head), raw "
+        "and L2-normalized, one record per plate × pinned AIMv2 model (seed 4.2, global-structure axis).",
+    ),
+    EmbeddingProducer(
+        "biomedclip",
+        "BiomedCLIP image embeddings (open_clip encode_image of the timm ViT tower), raw and "
+        "L2-normalized, one record per plate × pinned model: a deliberately biased axis (seed 4.3).",
     ),
 )

@@ -17,6 +17,7 @@ from typing import Literal
 
 from awb_dagster.registry.licenses import license_parts, restrictive_parts
 from awb_dagster.registry.lock import LockError, Pin, PinLock, active_pin
+from awb_dagster.registry.remote_code import remote_code_allowed
 from awb_dagster.registry.roster import (
     FAMILIES,
     ROSTER_PATH,
@@ -171,7 +172,9 @@ class Registry:
         """The entry for ``name`` if it may run; otherwise say what is missing and how to fix it.
 
         A flagged license (or a gated pin) passes only when ``license_opt_in`` names the
-        entry (id, key or alias) or, for licenses, every flagged license string.
+        entry (id, key or alias) or, for licenses, every flagged license string. An entry whose
+        repo ships code passes only at its audited sha with the user's opt-in
+        (:func:`awb_dagster.registry.remote_code.remote_code_allowed`).
         """
         entry = self.get(name)
         inst = entry.instrument
@@ -184,6 +187,7 @@ class Registry:
                 f"{inst.id} ({inst.key}) is in `ideas`, not admitted; "
                 f"missing {', '.join(entry.missing)}. To admit it: {steps}"
             )
+        remote_code_allowed(inst, entry.active_pin)
         opted = {item.strip().lower() for item in license_opt_in}
         if opted & {n.lower() for n in inst.names}:
             return entry

@@ -4,7 +4,8 @@ neither network nor an endpoint.
 
 Which files: those a load reads (configs, safetensors weights, tokenizer and processor files;
 :data:`PIN_FILE_PATTERNS`), not the other weight formats a repo may also hold (``*.bin``,
-``*.h5``, ``*.msgpack``, ``*.onnx``), which awb never loads.
+``*.h5``, ``*.msgpack``, ``*.onnx``), which awb never loads; the one exception is an open_clip
+repo with only ``open_clip_pytorch_model.bin``, loaded with ``torch.load(weights_only=True)``.
 
 Verified, each file: it comes from the pinned commit (the path ``hf_hub_download`` files it under
 is the ``X-Repo-Commit`` the hub answered), its size, and its hash where the hub lists one (the
@@ -30,6 +31,9 @@ from huggingface_hub.hf_api import ModelInfo, RepoSibling
 from awb_dagster.registry.hub_client import PinError
 
 PIN_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken")
+# open_clip's weight files in a hub repo: the pickle is pinned only where no safetensors exists.
+OPEN_CLIP_SAFETENSORS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+OPEN_CLIP_PICKLE = "open_clip_pytorch_model.bin"
 STAGING_DIR = ".awb-incoming"
 _CHUNK = 1 << 20
 
@@ -53,9 +57,14 @@ def pin_files_cached(cache_dir: Path | None, model_id: str, sha: str, files: Ite
 
 
 def pinned_siblings(info: ModelInfo) -> list[RepoSibling]:
-    """The files of ``info`` (model info with ``files_metadata``) a load reads, by name."""
+    """The files of ``info`` (model info with ``files_metadata``) a load reads, by name. An open_clip
+    repo whose weights exist only as ``open_clip_pytorch_model.bin`` (BiomedCLIP) carries that file:
+    open_clip loads it with ``torch.load(weights_only=True)``."""
+    siblings = list(info.siblings or ())
+    names = {s.rfilename for s in siblings}
+    extra = {OPEN_CLIP_PICKLE} if OPEN_CLIP_PICKLE in names and not names & set(OPEN_CLIP_SAFETENSORS) else set()
     return sorted(
-        (s for s in info.siblings or () if any(fnmatch(s.rfilename, p) for p in PIN_FILE_PATTERNS)),
+        (s for s in siblings if s.rfilename in extra or any(fnmatch(s.rfilename, p) for p in PIN_FILE_PATTERNS)),
         key=lambda s: s.rfilename,
     )
 

@@ -33,6 +33,7 @@ OUTPUT_KINDS = (
 INSTRUMENT_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # A weight file published at a plain URL: http(s), ending in the file's name.
 _WEIGHT_URL_RE = re.compile(r"^https?://[^/\s]+/(?:[^\s?#]*/)?[\w.-]+$")
 
@@ -66,6 +67,7 @@ class Instrument:
     notes: str = ""
     sealed_runs: bool = False
     trust_remote_code: bool = False  # honoured by loaders only together with a pinned sha
+    remote_code_sha: str | None = None  # the commit whose repo code was audited (registry.remote_code)
     weight_id: str | None = None
     library_version: str | None = None
     url: str | None = None  # source "url": where the weight file is published
@@ -114,6 +116,7 @@ _FIELD_TYPES: dict[str, str] = {
     "output_dtype": _STR, "expected_dim": _INT, "input_size": _INT,
     "dim_config_field": _STR, "size_config_field": _STR, "preprocessing": _STR,
     "failure_modes": _STRS, "intended_use": _STR, "notes": _STR, "sealed_runs": _BOOL, "trust_remote_code": _BOOL,
+    "remote_code_sha": _STR,
     "weight_id": _STR, "library_version": _STR, "aliases": _STRS, "demo": _BOOL,
     "url": _STR, "file_sha256": _STR, "min_memory_gb": _NUM,
 }  # fmt: skip
@@ -194,6 +197,11 @@ def _parse_instrument(table: Mapping[str, Any], index: int, path: Path) -> Instr
             raise fail("url", f"{values['url']!r} is not an http(s) URL ending in the weight file's name")
         if not _SHA256_RE.match(values["file_sha256"]):
             raise fail("file_sha256", f"{values['file_sha256']!r} is not a 64-hex lower-case sha256")
+    if "remote_code_sha" in values:
+        if not values.get("trust_remote_code", False):
+            raise fail("remote_code_sha", "names audited remote code, but trust_remote_code is not true")
+        if not _COMMIT_RE.match(values["remote_code_sha"]):
+            raise fail("remote_code_sha", f"{values['remote_code_sha']!r} is not a 40-hex lower-case commit sha")
     for config_field, declared in (
         ("dim_config_field", "expected_dim"),
         ("size_config_field", "input_size"),

@@ -13,7 +13,8 @@ from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.detection import ObjectDetector
 from awb_dagster.instruments.grounding import GroundedDetector
-from awb_dagster.instruments.embedding import ImageEmbedder, resolve_device
+from awb_dagster.instruments.embedders import Embedder, load_embedder
+from awb_dagster.instruments.embedding import resolve_device
 from awb_dagster.constants import SAM_FAMILIES
 from awb_dagster.instruments.sam import GeneratorSettings, MaskGenerator
 from awb_dagster.instruments.semantic import SegmenterSettings, SemanticSegmenter
@@ -73,7 +74,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         description="Instrument keys, ids or license tags allowed to run despite a flagged license",
     )
 
-    _loaded: dict[str, ImageEmbedder] = PrivateAttr(default_factory=dict)
+    _loaded: dict[str, Embedder] = PrivateAttr(default_factory=dict)
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
@@ -96,7 +97,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._foreground = {}
         self._towers = {}
 
-    def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> ImageEmbedder:
+    def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> Embedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
         ``jpeg_draft`` overrides the torch setting (regions need full-resolution plates)."""
         draft = self.torch.jpeg_draft if jpeg_draft is None else jpeg_draft
@@ -104,7 +105,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         if key in self._loaded:
             return self._loaded[key]
         instrument, pin = self._admitted(pin_key, family)
-        embedder = ImageEmbedder(
+        embedder = load_embedder(
             instrument,
             pin,
             device=self.torch.device,

@@ -11,8 +11,8 @@ OCR_FAMILIES = ("tesseract", "trocr")
 GROUP_TEXT = "text"
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)
-# Classifier probes (seed 7.3, 7.4): logits with label names, measured axes, never authority.
-PROBE_FAMILIES = ("wikiart", "emotion")
+# Classifier probes (seed 7.3, 7.4, 7.5): logits with label names, measured axes, never authority.
+PROBE_FAMILIES = ("wikiart", "emotion", "places365")
 GROUP_PROBES = "probes"
 # Scalar probes fed by sealed CLIP embedding records (seed 7.1: the improved aesthetic predictor).
 SCORE_FAMILIES = ("aesthetic",)

@@ -89,6 +89,7 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-aesthetic-mlp": ("aesthetic", None, None),
     "awb-demo/tiny-detr": ("detr", None, 64),
     "awb-demo/tiny-grounding-dino": ("grounding-dino", None, 64),
+    "awb-demo/tiny-places-birder": ("places365", 5, 28),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -242,7 +243,7 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino")
+    runnable = ("clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino", "places365")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
     # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
     assert inst.sealed_runs == (

@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from awb_dagster.demo.tiny_birder import tiny_birder_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr", "grounding-dino"]
+                         "detr", "grounding-dino", "birder-classifier"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -34,6 +35,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-aesthetic-mlp": "aesthetic-mlp",
     "awb-demo/tiny-detr": "detr",
     "awb-demo/tiny-grounding-dino": "grounding-dino",
+    "awb-demo/tiny-places-birder": "birder-classifier",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -47,6 +49,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "aesthetic-mlp": None,  # none declared, as for camenduru/improved-aesthetic-predictor
     "detr": "object-detection",
     "grounding-dino": "zero-shot-object-detection",
+    "birder-classifier": "image-classification",
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -286,6 +289,10 @@ def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return _tiny_aesthetic_mlp_files()
+    if kind == "birder-classifier":  # birder's layout: one <weights>.pt, no config.json
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return tiny_birder_files()
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):
@@ -308,7 +315,7 @@ def publish_demo_repos(
             build_tiny_repo(kind, seed=seed),
             license=DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE),
             pipeline_tag=DEMO_PIPELINE_TAGS[kind],
-            library_name=None if kind == "aesthetic-mlp" else "transformers",
+            library_name={"aesthetic-mlp": None, "birder-classifier": "birder"}.get(kind, "transformers"),
         )
         for repo_id, kind in DEMO_REPOS.items()
         if repo_id in wanted

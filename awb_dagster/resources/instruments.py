@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
+from awb_dagster.instruments.birder_classifier import BirderClassifier
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.detection import ObjectDetector
@@ -74,7 +75,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
-    _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
+    _classifiers: dict[str, ImageClassifier | BirderClassifier] = PrivateAttr(default_factory=dict)
     _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
     _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
@@ -188,8 +189,9 @@ class InstrumentsResource(dg.ConfigurableResource):
             )  # fmt: skip
         return self._grounded[key]
 
-    def classifier(self, pin_key: str, family: str) -> ImageClassifier:
-        """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates."""
+    def classifier(self, pin_key: str, family: str) -> ImageClassifier | BirderClassifier:
+        """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates: birder's
+        layout for a ``library = "birder"`` entry, else transformers'."""
         if pin_key not in self._classifiers:
             try:
                 instrument, pin = self._admitted(pin_key, family)
@@ -198,7 +200,8 @@ class InstrumentsResource(dg.ConfigurableResource):
                     description=f"{exc}. In this code location the opt-in is the instruments resource's "
                     "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
                 ) from exc
-            self._classifiers[pin_key] = ImageClassifier(
+            loader = BirderClassifier if instrument.library == "birder" else ImageClassifier
+            self._classifiers[pin_key] = loader(
                 instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
                 cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
             )  # fmt: skip

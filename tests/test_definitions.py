@@ -17,7 +17,7 @@ def test_asset_keys():
         "plate_catalog", "plate_files", "pin_status", "clip_embeddings", "siglip_embeddings", "dinov2_embeddings",
         "atlas", "ensemble_disagreement", "topology_report", "sam_masks", "pin_drift_report",
         "segment_embeddings", "tile_embeddings", "semantic_segmentation", "convnet_embeddings",
-        "wikiart_logits", "emotion_logits", "places365_logits", "aesthetic_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
+        "wikiart_logits", "emotion_logits", "places365_logits", "aesthetic_scores", "aesthetic_image_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
     }  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from awb_dagster.demo.tiny_aesthetic_v1 import tiny_aesthetic_v1_files
 from awb_dagster.demo.tiny_birder import tiny_birder_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr", "grounding-dino", "birder-classifier"]
+                         "detr", "grounding-dino", "birder-classifier", "aesthetic-v1"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -36,6 +37,7 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-detr": "detr",
     "awb-demo/tiny-grounding-dino": "grounding-dino",
     "awb-demo/tiny-places-birder": "birder-classifier",
+    "awb-demo/tiny-aesthetic-v1": "aesthetic-v1",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -50,6 +52,7 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "detr": "object-detection",
     "grounding-dino": "zero-shot-object-detection",
     "birder-classifier": "image-classification",
+    "aesthetic-v1": "feature-extraction",  # as shunk031/aesthetics-predictor-v1-* declare
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -281,18 +284,19 @@ def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
     return {DEMO_AESTHETIC_MLP_FILE: buffer.getvalue()}
 
 
+_FILE_BUILDERS: dict[CheckpointKind, Callable[[], dict[str, bytes]]] = {
+    "aesthetic-mlp": _tiny_aesthetic_mlp_files, "birder-classifier": tiny_birder_files, "aesthetic-v1": tiny_aesthetic_v1_files,
+}
+
+
 def build_tiny_repo(kind: CheckpointKind, seed: int = 0) -> dict[str, bytes]:
     """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``."""
     import torch
 
-    if kind == "aesthetic-mlp":  # not a transformers model: one weight file, no config
+    if kind in _FILE_BUILDERS:  # not save_pretrained of a transformers model: the repo's own file layout
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _tiny_aesthetic_mlp_files()
-    if kind == "birder-classifier":  # birder's layout: one <weights>.pt, no config.json
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return tiny_birder_files()
+            return _FILE_BUILDERS[kind]()
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
+from awb_dagster.producers.aesthetic_image import AestheticImageProducer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
@@ -39,6 +40,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     **{producer.family: producer for producer in DETECTION_PRODUCERS},
     GroundingProducer.family: GroundingProducer(),
     _AESTHETIC.family: _AESTHETIC,
+    AestheticImageProducer.family: AestheticImageProducer(),
 }
 
 

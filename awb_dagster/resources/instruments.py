@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
+from awb_dagster.instruments.aesthetic_v1 import AestheticPredictorV1
 from awb_dagster.instruments.birder_classifier import BirderClassifier
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
@@ -79,6 +80,7 @@ class InstrumentsResource(dg.ConfigurableResource):
     _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
     _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
+    _predictors: dict[str, AestheticPredictorV1] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
@@ -221,6 +223,22 @@ class InstrumentsResource(dg.ConfigurableResource):
                 instrument, pin, cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline
             )
         return self._mlps[pin_key]
+
+    def aesthetic_v1(self, pin_key: str) -> AestheticPredictorV1:
+        """The loaded image-fed aesthetics predictor V1 for ``pin_key`` after the gates."""
+        if pin_key not in self._predictors:
+            try:
+                instrument, pin = self._admitted(pin_key, "aesthetic-image")
+            except LicenseOptInError as exc:
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
+                ) from exc
+            self._predictors[pin_key] = AestheticPredictorV1(
+                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._predictors[pin_key]
 
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no

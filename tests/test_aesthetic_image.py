@@ -82,3 +82,20 @@ def test_aesthetic_image_scores_through_dagster(v1_home):
     assert evaluation.check_name == "image_scores_finite" and evaluation.passed
     metadata = v1_home.instance.get_latest_materialization_event(dg.AssetKey(ASSET)).asset_materialization.metadata
     assert "random weights" in metadata["intended_use"].value and np.isfinite(metadata["score"].value)
+
+
+def test_the_finite_check_names_a_nan_score_and_a_missing_record(tmp_path):
+    from dataclasses import replace
+
+    from awb_dagster.provenance.image_scores import check_image_score_pairs, image_score_table
+    from awb_dagster.provenance.records import RECORD_FIELDS
+    from awb_dagster.provenance.store import SealedPair
+
+    rows = [{name: f"{name}-{r}" for name, _ in RECORD_FIELDS} | {"record_id": r} for r in ("r1", "r2")]
+    path = tmp_path / "scores.parquet"
+    pq.write_table(image_score_table(rows, np.array([0.5, np.nan], dtype=np.float32), "uncalibrated"), path)
+    pair = SealedPair("run", None, "p1", "0" * 64, "pin", "t", ("r1",), "scores.parquet", "", path)
+    outcome = check_image_score_pairs([pair, replace(pair, plate_id="p2", record_ids=("r2",)),
+                                       replace(pair, plate_id="p3", record_ids=("r3",))])["image_scores_finite"]  # fmt: skip
+    assert outcome.checked == 3 and [f.plate_id for f in outcome.failures] == ["p2", "p3"]
+    assert "not finite" in outcome.failures[0].detail and "missing" in outcome.failures[1].detail

@@ -13,11 +13,13 @@ GROUP_TEXT = "text"
 CAPTION_FAMILIES = ("blip", "blip2", "qwen2-vl")
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)
-# Classifier probes (seed 7.3, 7.4): logits with label names, measured axes, never authority.
-PROBE_FAMILIES = ("wikiart", "emotion")
+# Classifier probes (seed 7.3, 7.4, 7.5): logits with label names, measured axes, never authority.
+PROBE_FAMILIES = ("wikiart", "emotion", "places365")
 GROUP_PROBES = "probes"
-# Scalar probes fed by sealed CLIP embedding records (seed 7.1: the improved aesthetic predictor).
-SCORE_FAMILIES = ("aesthetic",)
+# Scalar probes (seed 7.1): fed by sealed CLIP embedding records (the improved aesthetic predictor's
+# MLP), or by the plate's pixels (the aesthetics predictor V1: its own CLIP tower and head).
+SCORE_FAMILIES = ("aesthetic", "aesthetic-image")
+SCORE_ASSETS = {"aesthetic": "aesthetic_scores", "aesthetic-image": "aesthetic_image_scores"}
 # Object detection (seed 6): boxes with labels and scores, per box records; a weak signal.
 DETECTION_FAMILIES = ("detr",)
 # Text-conditioned detection (seed 6: GroundingDINO): boxes for the phrases of a registry prompt.

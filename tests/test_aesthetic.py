@@ -105,3 +105,22 @@ def test_probe_axes_correlate_scores_with_the_map_and_show_the_extremes(aestheti
     assert all(row["spearman_rho"] is None or -1 <= row["spearman_rho"] <= 1 for row in rows)
     assert "lowest:" in metadata["extremes"].value and "data:image/png;base64," in metadata["extremes"].value
     assert f"map of {clip} colored by {aesthetic_home.pins[MLP]} score" in metadata["maps_by_probe_axis"].value
+
+
+def test_a_mirror_loads_only_with_the_originals_md5(aesthetic_home):
+    """camenduru/improved-aesthetic-predictor's adapter spec demands the MD5 of christophschuhmann's
+    original file: the tiny MLP file (same layout, other bytes) under that spec is refused by name."""
+    from dataclasses import replace
+
+    from awb_dagster.instruments.aesthetic_mlp import ORIGINAL_SAC_LOGOS_AVA1_MD5, AestheticMlp
+    from awb_dagster.instruments.common import InstrumentError
+    from awb_dagster.registry.lock import PinLock
+    from awb_dagster.registry.model import Registry
+
+    pin = PinLock.load(aesthetic_home.paths.lock).find_key(aesthetic_home.pins[MLP])
+    instrument = Registry.load(lock_path=aesthetic_home.paths.lock).get(MLP).instrument
+    loaded = AestheticMlp(instrument, pin, cache_dir=aesthetic_home.paths.hf_cache)
+    assert loaded.describe()["original_md5"] is None and len(loaded.weight_md5) == 32
+    mirror = replace(instrument, key="improved-aesthetic-predictor")
+    with pytest.raises(InstrumentError, match=f"has MD5 {ORIGINAL_SAC_LOGOS_AVA1_MD5}.*not an exact mirror"):
+        AestheticMlp(mirror, pin, cache_dir=aesthetic_home.paths.hf_cache)

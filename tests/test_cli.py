@@ -137,7 +137,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))
     kinds = sorted(json.loads(m.read_text())["kind"] for m in manifests)
     regions = ["clip-segment-embeddings", "dinov2-segment-embeddings", "clip-tile-embeddings", "dinov2-tile-embeddings"]
-    probes = ["convnet-embeddings", "wikiart-logits", "aesthetic-scores", "probe-axes"]
+    probes = ["convnet-embeddings", "wikiart-logits", "places365-logits", "aesthetic-scores", "aesthetic-image-scores", "probe-axes"]
     ocr = ["ocr-text"] if shutil.which("tesseract") else []  # the demo skips OCR, saying so, without it
     boxes = ["grounding-dino-detections", "box-masks", "clip-segment-embeddings"]  # text -> boxes -> masks -> embeddings
     assert kinds == sorted(["clip-embeddings", "siglip-embeddings", "dinov2-embeddings", "biomedclip-embeddings", "atlas", "ensemble-disagreement",
@@ -164,6 +164,7 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         "awb-demo/tiny-sam-hq": 1, "awb-demo/tiny-mask2former": 1, "awb-demo/tiny-aesthetic-mlp": 1,
         "awb-demo/tiny-convnext": 1, "awb-demo/tiny-detr": 1, "awb-demo/tiny-grounding-dino": 1,
         "awb-demo/tiny-wikiart-convnext": 1, "awb-demo/tiny-blip": 1, "awb-demo/tiny-u2net": 1, "awb-demo/tiny-biomedclip": 1,
+        "awb-demo/tiny-places-birder": 1, "awb-demo/tiny-aesthetic-v1": 1,
         **({"tesseract": 1} if ocr else {}),
     }  # fmt: skip
     manifests = list(Path(tmp_path / "home" / "store" / "runs").glob("*/run.manifest.json"))

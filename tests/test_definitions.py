@@ -22,6 +22,7 @@ def test_asset_keys():
         "clip_zeroshot_labels", "siglip_zeroshot_labels",
         "box_masks",
         "aimv2_embeddings", "biomedclip_embeddings",
+        "places365_logits", "aesthetic_image_scores",
     }  # fmt: skip
 
 

@@ -97,6 +97,8 @@ EXPECTED_DEMO = {  # id -> (family, expected_dim, input_size)
     "awb-demo/tiny-open-clip": ("clip", 32, 32),
     "awb-demo/tiny-biomedclip": ("biomedclip", 16, 32),
     "awb-demo/tiny-aimv2": ("aimv2", 32, 32),
+    "awb-demo/tiny-places-birder": ("places365", 5, 28),
+    "awb-demo/tiny-aesthetic-v1": ("aesthetic-image", None, 32),
 }
 EXPECTED_URL = {"sam_vit_b", "sam_vit_l", "sam_vit_h"}  # original segment-anything checkpoints
 
@@ -250,13 +252,13 @@ def test_entry_is_declared_honestly(entry) -> None:
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", inst.key)
     assert inst.output_kind and inst.output_dtype
     assert inst.license, "license must be recorded, `unknown` where undeclared"
-    runnable = ("clip", "siglip", "dinov2", "biomedclip", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino", "blip", "blip2", "qwen2-vl", "u2net")
+    runnable = ("clip", "siglip", "dinov2", "biomedclip", "sam", "sam-hq", "mask2former", "convnet", "wikiart", "tesseract", "trocr", "detr", "grounding-dino", "blip", "blip2", "qwen2-vl", "u2net", "places365", "aesthetic-image")
     # Emotion probes run where the transformers image-classification layout is declared (the others stay in ideas).
-    # The aesthetic MLP adapter runs; of the aesthetic probes only the demo one is admitted (the others await audits).
+    # The aesthetic MLP adapter runs the demo MLP and the MD5-audited mirror (the image-fed predictors are aesthetic-image).
     assert inst.sealed_runs == (
         inst.family in runnable
         or (inst.family == "emotion" and inst.library == "transformers")
-        or (inst.family == "aesthetic" and inst.demo)
+        or (inst.family == "aesthetic" and (inst.demo or inst.key == "improved-aesthetic-predictor"))
         or (inst.family == "aimv2" and inst.demo)  # the real AIMv2 repo's native layout is unverified
     )
     if inst.output_kind == "vector":
@@ -357,11 +359,11 @@ def test_not_admitted_error_names_every_missing_field(registry: Registry) -> Non
 def test_sealed_runs_false_keeps_a_pinned_entry_in_ideas(
     tmp_path: Path, registry: Registry
 ) -> None:
-    pinned_registry = pinned(tmp_path, make_pin(registry, "emotion-visual-analysis"))
-    entry = pinned_registry.get("emotion-visual-analysis")
+    pinned_registry = pinned(tmp_path, make_pin(registry, "florence-2-base"))
+    entry = pinned_registry.get("florence-2-base")
     assert entry.status == "ideas" and entry.missing == ("sealed_runs",)
-    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'emotion'"):
-        pinned_registry.require_admitted("emotion-visual-analysis")
+    with pytest.raises(NotAdmittedError, match="sealed_runs: no .* adapter runs family 'florence2'"):
+        pinned_registry.require_admitted("florence-2-base")
 
 
 def test_undeclared_preprocessing_stays_in_ideas(registry: Registry) -> None:

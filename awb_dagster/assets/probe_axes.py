@@ -16,11 +16,11 @@ from awb_dagster.assets.corpus import ATLAS_KEY, CORPUS_AUTOMATION, metadata_tab
 from awb_dagster.atlas.plots import markdown_image, plate_thumbnails
 from awb_dagster.atlas.probe_axes import colored_map_png, correlate, extremes, neighbour_disagreement
 from awb_dagster.atlas.probe_axes import probe_axes as axes_of_records
-from awb_dagster.constants import GROUP_ATLAS, PROBE_FAMILIES, SCORE_FAMILIES
+from awb_dagster.constants import GROUP_ATLAS, PROBE_FAMILIES, SCORE_ASSETS, SCORE_FAMILIES
 from awb_dagster.provenance.store import RunStore, verified_path
 from awb_dagster.resources import AwbHome
 
-PROBE_ASSETS = [*(f"{family}_logits" for family in PROBE_FAMILIES), "aesthetic_scores"]
+PROBE_ASSETS = [*(f"{family}_logits" for family in PROBE_FAMILIES), *SCORE_ASSETS.values()]
 
 
 class ProbeAxesConfig(dg.Config):

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from awb_dagster.demo.tiny_exotic import tiny_aimv2, tiny_biomedclip_files, tiny_open_clip_files
+from awb_dagster.demo.tiny_aesthetic_v1 import tiny_aesthetic_v1_files
+from awb_dagster.demo.tiny_birder import tiny_birder_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 from awb_dagster.demo.tiny_u2net import tiny_u2net_files
 from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
 
 CheckpointKind = Literal["clip", "siglip", "dinov2", "sam", "sam-hq", "mask2former", "convnext-classifier", "aesthetic-mlp",
-                         "detr", "grounding-dino", "u2net", "open-clip", "biomedclip", "aimv2"]
+                         "detr", "grounding-dino", "u2net", "open-clip", "biomedclip", "aimv2", "birder-classifier",
+                         "aesthetic-v1"]
 
 DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-clip": "clip",
@@ -41,6 +44,8 @@ DEMO_REPOS: dict[str, CheckpointKind] = {
     "awb-demo/tiny-open-clip": "open-clip",
     "awb-demo/tiny-biomedclip": "biomedclip",
     "awb-demo/tiny-aimv2": "aimv2",
+    "awb-demo/tiny-places-birder": "birder-classifier",
+    "awb-demo/tiny-aesthetic-v1": "aesthetic-v1",
 }
 
 DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
@@ -58,6 +63,8 @@ DEMO_PIPELINE_TAGS: dict[CheckpointKind, str | None] = {
     "open-clip": "zero-shot-image-classification",
     "biomedclip": "zero-shot-image-classification",
     "aimv2": "image-feature-extraction",
+    "birder-classifier": "image-classification",
+    "aesthetic-v1": "feature-extraction",  # as shunk031/aesthetics-predictor-v1-* declare
 }
 
 DEMO_LICENSE = "apache-2.0"
@@ -294,9 +301,10 @@ def _tiny_aesthetic_mlp_files() -> dict[str, bytes]:
 _FILE_BUILDERS: dict[CheckpointKind, Callable[[], dict[str, bytes]]] = {
     "aesthetic-mlp": _tiny_aesthetic_mlp_files, "u2net": tiny_u2net_files,
     "open-clip": tiny_open_clip_files, "biomedclip": tiny_biomedclip_files,
+    "birder-classifier": tiny_birder_files, "aesthetic-v1": tiny_aesthetic_v1_files,
 }  # fmt: skip
 _LIBRARIES: dict[CheckpointKind, str | None] = {
-    "aesthetic-mlp": None, "u2net": None, "open-clip": "open_clip", "biomedclip": "open_clip",
+    "aesthetic-mlp": None, "u2net": None, "open-clip": "open_clip", "biomedclip": "open_clip", "birder-classifier": "birder",
 }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
-from awb_dagster.constants import PROBE_FAMILIES, SCORE_FAMILIES
+from awb_dagster.constants import PROBE_FAMILIES, SCORE_ASSETS, SCORE_FAMILIES
 from awb_dagster.provenance.report import text_table
 
 
@@ -29,7 +29,7 @@ def probe_summary(defs, instance, registry, store, say: Callable[[str], None]) -
     from awb_dagster.runner import materialize_pin_ranges
 
     jobs = [(f"{family}_logits", pin) for family, pin in _demo_pins(registry, PROBE_FAMILIES)]
-    jobs += [("aesthetic_scores", pin) for _, pin in _demo_pins(registry, SCORE_FAMILIES)]
+    jobs += [(SCORE_ASSETS[family], pin) for family, pin in _demo_pins(registry, SCORE_FAMILIES)]
     first_score = ""
     for asset, pin_key in jobs:
         started = time.perf_counter()
@@ -44,6 +44,8 @@ def probe_summary(defs, instance, registry, store, say: Callable[[str], None]) -
             if asset == "aesthetic_scores":
                 first_score = first_score or record["record_id"]
                 rows.append({"plate": pair.plate_id, "score": f"{record['score']:.4f}", "embedding": record["embedding_ref"][:12]})
+            elif "score" in record:  # read from the plate's pixels
+                rows.append({"plate": pair.plate_id, "score": f"{record['score']:.4f}"})
             else:
                 rows.append({"plate": pair.plate_id, "top_label": record["top_label"], "p": f"{record['top_probability']:.3f}"})
         say(f"\n{asset} {pin_key} ({time.perf_counter() - started:.1f} s; a measured axis, never a verdict):")

@@ -13,6 +13,7 @@ embedding records they scored.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,20 @@ class AestheticMlpSpec:
     clip_model: str
     input_dim: int
     calibration: str
+    # MD5 of the original file the pinned one must equal (a mirror's audit), None for none published.
+    original_md5: str | None = None
 
+
+# christophschuhmann/improved-aesthetic-predictor's sac+logos+ava1-l14-linearMSE.pth: the MD5 that
+# third-party loaders check when they fetch the original from GitHub (pooch.retrieve "md5:...") and
+# that EasyAnimate's mirror of it declares; camenduru's hub mirror loads only if its file has it.
+ORIGINAL_SAC_LOGOS_AVA1_MD5 = "b1047fd767a00134b8fd6529bf19521a"
 
 SPECS: dict[str, AestheticMlpSpec] = {
     "improved-aesthetic-predictor": AestheticMlpSpec(
         "openai/clip-vit-large-patch14", 768,
         "regression onto mean human ratings (AVA, LAION-Logos, SAC; about 1..10); uncalibrated on engravings",
+        ORIGINAL_SAC_LOGOS_AVA1_MD5,
     ),
     "demo-tiny-aesthetic-mlp": AestheticMlpSpec("awb-demo/tiny-clip", 32, "uncalibrated: random weights"),
 }  # fmt: skip
@@ -71,6 +80,13 @@ class AestheticMlp:
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.weight_file = self._download(cache_dir, local_files_only)
+        self.weight_md5 = hashlib.md5(self.weight_file.read_bytes(), usedforsecurity=False).hexdigest()
+        if self.spec.original_md5 is not None and self.weight_md5 != self.spec.original_md5:
+            raise InstrumentError(
+                f"{self.weight_file}: MD5 {self.weight_md5}, but the original {instrument.weight_id} published by "
+                f"christophschuhmann/improved-aesthetic-predictor has MD5 {self.spec.original_md5}; pin {pin.key} of "
+                f"{instrument.id} is not an exact mirror of it, so it does not run"
+            )
         self.model = aesthetic_mlp(self.spec.input_dim)
         try:
             state = torch.load(self.weight_file, map_location="cpu", weights_only=True)
@@ -120,6 +136,8 @@ class AestheticMlp:
             "output_kind": "scalar",
             "output_dtype": "float32",
             "weight_file": self.instrument.weight_id,
+            "weight_file_md5": self.weight_md5,
+            "original_md5": self.spec.original_md5,  # the audit the file passed (None: no original to match)
             "consumes": {"asset": "clip_embeddings", "column": "vector_l2", "clip_model": self.spec.clip_model},
             "calibration": self.spec.calibration,
             "preprocess_tag": self.preprocess_tag,

@@ -73,6 +73,8 @@ def classifier_tag(spec: dict[str, Any]) -> str:
 class ImageClassifier:
     """A loaded image-classification probe at one pin."""
 
+    adapter_version = ADAPTER_VERSION
+
     def __init__(
         self,
         instrument: Instrument,

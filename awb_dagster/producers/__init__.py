@@ -9,6 +9,7 @@ from awb_dagster.engine.producer import Producer
 from awb_dagster.producers.aesthetic import AestheticProducer
 from awb_dagster.producers.captions import CAPTION_PRODUCERS
 from awb_dagster.producers.box_masks import BOX_PROMPT_FAMILIES, DETECTOR_ASSETS, BoxMaskProducer
+from awb_dagster.producers.aesthetic_image import AestheticImageProducer
 from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
@@ -46,6 +47,7 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
     _AESTHETIC.family: _AESTHETIC,
     **{producer.family: producer for producer in CAPTION_PRODUCERS},
     ForegroundProducer.family: ForegroundProducer(),
+    AestheticImageProducer.family: AestheticImageProducer(),
 }
 
 

@@ -1,4 +1,4 @@
-"""Classifier probes (seed 7.3 WikiArt, 7.4 emotion): logits and probabilities with their label
+"""Classifier probes (seed 7.3 WikiArt, 7.4 emotion, 7.5 Places365): logits and probabilities with their label
 names per plate × probe pin, asset ``<family>_logits``.
 
 Seed 7: "these models do not become canon; they become measured axes inside the manifold to make
@@ -37,7 +37,7 @@ class ClassifierSession:
         self.instrument = classifier
         self.store_key = classifier.pin.key
         self.run_kind = f"{classifier.instrument.family}-logits"
-        self.code_version = ADAPTER_VERSION
+        self.code_version = classifier.adapter_version
         self.batch_size = torch_settings.batch_size
         self._max_pixels = max_pixels
 
@@ -86,7 +86,7 @@ class ClassifierSession:
 
 
 class ClassifierProducer:
-    """One classifier probe family (``wikiart``, ``emotion``): asset ``<family>_logits``."""
+    """One classifier probe family (``wikiart``, ``emotion``, ``places365``): asset ``<family>_logits``."""
 
     group = GROUP_PROBES
     code_version = ADAPTER_VERSION
@@ -118,5 +118,8 @@ _DESCRIPTIONS = {
     "emotion": "Emotion probe (seed 7.4): logits and uncalibrated probabilities over the checkpoint's "
     "labels, with the label set's sha256, one record per plate × pin. Biased (face and cartoon priors): "
     "use comparatively, never as a reading of the plate.",
+    "places365": "Places365 scene probe (seed 7.5): logits and uncalibrated probabilities over the checkpoint's "
+    "365 scene classes (a birder model), with the label set's sha256, one record per plate × pin. A weak "
+    "composition axis from a photo scene prior, never a reading of the plate.",
 }
 PROBE_PRODUCERS = tuple(ClassifierProducer(family, _DESCRIPTIONS[family]) for family in PROBE_FAMILIES)

@@ -19,7 +19,7 @@ ROSTER_PATH = Path(__file__).with_name("roster.toml")
 
 FAMILIES = (
     "clip", "siglip", "dinov2", "eva-clip", "aimv2", "biomedclip", "imagebind", "sam",
-    "sam-hq", "mask2former", "u2net", "detr", "grounding-dino", "aesthetic", "memorability",
+    "sam-hq", "mask2former", "u2net", "detr", "grounding-dino", "aesthetic", "aesthetic-image", "memorability",
     "wikiart", "emotion", "places365", "tesseract", "trocr", "blip", "blip2", "florence2",
     "qwen2-vl", "convnet",
 )  # fmt: skip

@@ -9,6 +9,9 @@ from pydantic import Field, PrivateAttr
 
 from awb_dagster.instruments.aesthetic_mlp import AestheticMlp
 from awb_dagster.instruments.captioner import Captioner
+
+from awb_dagster.instruments.aesthetic_v1 import AestheticPredictorV1
+from awb_dagster.instruments.birder_classifier import BirderClassifier
 from awb_dagster.instruments.classifier import ImageClassifier
 from awb_dagster.instruments.convnet import ConvNetFeatures
 from awb_dagster.instruments.detection import ObjectDetector
@@ -78,12 +81,13 @@ class InstrumentsResource(dg.ConfigurableResource):
     _generators: dict[tuple[str, GeneratorSettings], MaskGenerator] = PrivateAttr(default_factory=dict)
     _segmenters: dict[tuple[str, SegmenterSettings], SemanticSegmenter] = PrivateAttr(default_factory=dict)
     _convnets: dict[str, ConvNetFeatures] = PrivateAttr(default_factory=dict)
-    _classifiers: dict[str, ImageClassifier] = PrivateAttr(default_factory=dict)
+    _classifiers: dict[str, ImageClassifier | BirderClassifier] = PrivateAttr(default_factory=dict)
     _detectors: dict[tuple[str, float], ObjectDetector] = PrivateAttr(default_factory=dict)
     _grounded: dict[tuple[str, str, float, float], GroundedDetector] = PrivateAttr(default_factory=dict)
     _mlps: dict[str, AestheticMlp] = PrivateAttr(default_factory=dict)
     _foreground: dict[tuple[str, ForegroundSettings], ForegroundSegmenter] = PrivateAttr(default_factory=dict)
     _towers: dict[str, TextTower] = PrivateAttr(default_factory=dict)
+    _predictors: dict[str, AestheticPredictorV1] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._loaded = {}
@@ -96,6 +100,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         self._mlps = {}
         self._foreground = {}
         self._towers = {}
+        self._predictors = {}
 
     def embedder(self, pin_key: str, family: str, *, jpeg_draft: bool | None = None) -> Embedder:
         """The loaded embedder for ``pin_key``, after the admission and license gates.
@@ -196,8 +201,9 @@ class InstrumentsResource(dg.ConfigurableResource):
             )  # fmt: skip
         return self._grounded[key]
 
-    def classifier(self, pin_key: str, family: str) -> ImageClassifier:
-        """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates."""
+    def classifier(self, pin_key: str, family: str) -> ImageClassifier | BirderClassifier:
+        """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates: birder's
+        layout for a ``library = "birder"`` entry, else transformers'."""
         if pin_key not in self._classifiers:
             try:
                 instrument, pin = self._admitted(pin_key, family)
@@ -206,7 +212,8 @@ class InstrumentsResource(dg.ConfigurableResource):
                     description=f"{exc}. In this code location the opt-in is the instruments resource's "
                     "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
                 ) from exc
-            self._classifiers[pin_key] = ImageClassifier(
+            loader = BirderClassifier if instrument.library == "birder" else ImageClassifier
+            self._classifiers[pin_key] = loader(
                 instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
                 cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
             )  # fmt: skip
@@ -240,6 +247,7 @@ class InstrumentsResource(dg.ConfigurableResource):
                 cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
             )  # fmt: skip
         return self._foreground[key]
+
     def text_tower(self, pin_key: str, family: str) -> TextTower:
         """The loaded text tower of a CLIP or SigLIP ``pin_key`` after the gates (zero-shot labels)."""
         if pin_key not in self._towers:
@@ -249,6 +257,22 @@ class InstrumentsResource(dg.ConfigurableResource):
                 cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
             )  # fmt: skip
         return self._towers[pin_key]
+
+    def aesthetic_v1(self, pin_key: str) -> AestheticPredictorV1:
+        """The loaded image-fed aesthetics predictor V1 for ``pin_key`` after the gates."""
+        if pin_key not in self._predictors:
+            try:
+                instrument, pin = self._admitted(pin_key, "aesthetic-image")
+            except LicenseOptInError as exc:
+                raise dg.Failure(
+                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
+                ) from exc
+            self._predictors[pin_key] = AestheticPredictorV1(
+                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
+                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            )  # fmt: skip
+        return self._predictors[pin_key]
 
     def convnet(self, pin_key: str) -> ConvNetFeatures:
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
@@ -316,5 +340,6 @@ class InstrumentsResource(dg.ConfigurableResource):
     def loads(self) -> int:
         """Model loads performed by this resource in this run."""
         caches = (self._loaded, self._generators, self._segmenters, self._convnets, self._classifiers, self._mlps,
-                  self._detectors, self._grounded, self._foreground, self._towers)  # fmt: skip
+                  self._detectors, self._grounded, self._foreground, self._towers,
+                  self._predictors)  # fmt: skip
         return sum(len(cache) for cache in caches)

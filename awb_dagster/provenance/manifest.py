@@ -56,7 +56,7 @@ def read_manifest(run_dir: Path) -> Manifest:
     return Manifest(run_dir, payload)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 100k-plate pin lookup builds 100k of them
 class SealedPair:
     """A (plate, pin) pair whose records are in a sealed run."""
 

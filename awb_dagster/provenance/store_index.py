@@ -21,12 +21,14 @@ It is never the source of truth:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sqlite3
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from awb_dagster.locking import hold_lock
@@ -55,15 +57,30 @@ class _Unsupported(Exception):
     """The index gave a row its manifest does not bear out: it is rebuilt."""
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while manifests become many small objects (JSON
+    has no reference cycles to collect): with a pin of 100k pairs its full passes over every pair
+    built so far took most of the lookup and made it grow worse than linearly (bench/scale.py)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def scan_sealed_pairs(
     manifests: Iterable[Manifest], pin_key: str, plate_ids: Collection[str] | None = None
 ) -> dict[PairKey, SealedPair]:
     """Latest sealed pair per key of one pin, by reading every manifest (oldest first)."""
     found: dict[PairKey, SealedPair] = {}
-    for manifest in manifests:
-        for pair in manifest.pairs:
-            if pair["pin_key"] == pin_key and (plate_ids is None or pair["plate_id"] in plate_ids):
-                found[pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"]] = manifest.sealed_pair(pair)
+    with collector_paused():
+        for manifest in manifests:
+            for pair in manifest.pairs:
+                if pair["pin_key"] == pin_key and (plate_ids is None or pair["plate_id"] in plate_ids):
+                    found[pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"]] = manifest.sealed_pair(pair)
     return found
 
 
@@ -95,10 +112,11 @@ class StoreIndex:
     def sealed_pairs(self, pin_key: str, plate_ids: Collection[str] | None = None) -> dict[PairKey, SealedPair]:
         """Latest sealed pair per (plate_id, plate_sha256, preprocess_tag) of one pin, only those of
         ``plate_ids`` when given: :func:`scan_sealed_pairs`'s answer, from the manifests indexed."""
-        return self._answer(
-            lambda db: self._pairs_from(db, pin_key, plate_ids),
-            lambda: scan_sealed_pairs(self._scan(), pin_key, plate_ids),
-        )
+        with collector_paused():
+            return self._answer(
+                lambda db: self._pairs_from(db, pin_key, plate_ids),
+                lambda: scan_sealed_pairs(self._scan(), pin_key, plate_ids),
+            )
 
     def find_record(self, record_id: str) -> tuple[Manifest, SealedPair] | None:
         """:func:`scan_find_record`'s answer, reading only the manifests that list ``record_id``."""

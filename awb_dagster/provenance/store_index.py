@@ -235,7 +235,7 @@ class StoreIndex:
 
     def _connect(self) -> sqlite3.Connection:
         """The index, checked to be one of this schema; raises sqlite3.DatabaseError otherwise."""
-        db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=60)
+        db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=60)  # never creates it
         try:
             version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if version != (SCHEMA_VERSION,):

@@ -9,14 +9,14 @@ manifest's sha256 to ``<root>/seal.log`` (:mod:`awb_dagster.provenance.seal_log`
 A manifest that cannot be read (not JSON, a required field missing, a path leaving its run
 directory) is skipped with a warning naming it: one damaged run never makes the others
 unusable. Files are world-readable and read-only once sealed (0444), so a team sharing a home
-can read each other's runs.
+can read each other's runs. Lookups by record id and by (pin, plate) go through
+``<root>/index.sqlite`` (:mod:`awb_dagster.provenance.store_index`), rebuilt from the manifests
+whenever it is missing, behind or damaged, and never trusted without reading the manifest it names.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import platform
 import re
 import stat
@@ -33,10 +33,18 @@ import pyarrow.parquet as pq
 
 from awb_dagster.atomic import write_json_atomic
 from awb_dagster.hashing import sha256_file
-from awb_dagster.provenance.manifest_fields import manifest_problem
+from awb_dagster.provenance.manifest import (  # noqa: F401 (re-exported: the store's readers import them from here)
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    SealedPair,
+    StoreError,
+    read_manifest,
+    warn_damaged,
+)
 from awb_dagster.provenance.seal_log import SEAL_LOG_NAME, SealEntry, SealLog, append_seal, read_seal_log
+from awb_dagster.provenance.store_index import StoreIndex
 
-MANIFEST_NAME = "run.manifest.json"
 MANIFEST_VERSION = 1
 _TRACKED_LIBRARIES = (
     "awb-dagster",
@@ -53,26 +61,8 @@ _TRACKED_LIBRARIES = (
     "matplotlib",
 )
 
-
-_LOG = logging.getLogger(__name__)
-_WARNED: set[Path] = set()  # damaged manifests already named in this process
 # What open_run makes: <stamp>-<kind>-<hex>. Anything else (a path, "..") is refused.
 _RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
-
-
-class StoreError(Exception):
-    """A run store problem: names the run and the file."""
-
-
-class ManifestError(StoreError):
-    """A sealed run's manifest that cannot be read: names the file and what is wrong."""
-
-    def __init__(self, path: Path, problem: str):
-        super().__init__(
-            f"{path}: {problem}; this run is skipped (every other run stays usable). Restore the "
-            "manifest from a backup, or move its run directory out of the store."
-        )
-        self.path = path
 
 
 def utc_now() -> str:
@@ -94,19 +84,6 @@ def _make_read_only(path: Path) -> None:
     path.chmod((path.stat().st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def read_manifest(run_dir: Path) -> Manifest:
-    """The manifest of ``run_dir``, checked for the fields every reader relies on."""
-    path = run_dir / MANIFEST_NAME
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, f"manifest is not valid JSON ({exc})") from exc
-    problem = manifest_problem(run_dir, payload)
-    if problem:
-        raise ManifestError(path, problem)
-    return Manifest(run_dir, payload)
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One file of a run, as listed in its manifest."""
@@ -115,58 +92,6 @@ class Artifact:
     sha256: str
     rows: int
     bytes: int
-
-
-@dataclass(frozen=True)
-class SealedPair:
-    """A (plate, pin) pair whose records are in a sealed run."""
-
-    run_id: str
-    dagster_run_id: str | None
-    plate_id: str
-    plate_sha256: str
-    pin_key: str
-    preprocess_tag: str
-    record_ids: tuple[str, ...]
-    artifact: str
-    artifact_sha256: str
-    artifact_path: Path
-
-
-class Manifest:
-    """A sealed run's manifest, read-only."""
-
-    def __init__(self, run_dir: Path, payload: dict[str, Any]):
-        self.run_dir = run_dir
-        self.payload = payload
-
-    @property
-    def run_id(self) -> str:
-        return self.payload["run_id"]
-
-    @property
-    def pairs(self) -> list[dict[str, Any]]:
-        return self.payload.get("pairs", [])
-
-    def artifact(self, relpath: str) -> dict[str, Any]:
-        for output in self.payload["outputs"]:
-            if output["path"] == relpath:
-                return output
-        raise StoreError(f"run {self.run_id}: {relpath} is not listed in its manifest")
-
-    def sealed_pair(self, pair: dict[str, Any]) -> SealedPair:
-        return SealedPair(
-            run_id=self.run_id,
-            dagster_run_id=self.payload.get("dagster_run_id"),
-            plate_id=pair["plate_id"],
-            plate_sha256=pair["plate_sha256"],
-            pin_key=pair["pin_key"],
-            preprocess_tag=pair["preprocess_tag"],
-            record_ids=tuple(pair["record_ids"]),
-            artifact=pair["artifact"],
-            artifact_sha256=self.artifact(pair["artifact"])["sha256"],
-            artifact_path=self.run_dir / pair["artifact"],
-        )
 
 
 @dataclass
@@ -258,6 +183,7 @@ class OpenRun:
         write_json_atomic(manifest_path, payload)
         _make_read_only(manifest_path)
         self.store.log_seal(self.run_id, sha256_file(manifest_path), payload["sealed_at"])
+        self.store.index.update()  # a failure here is logged; the next lookup indexes the run
         self.sealed = True
         return Manifest(self.run_dir, payload)
 
@@ -269,6 +195,8 @@ class RunStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self.seal_log_path = self.root / SEAL_LOG_NAME
+        # Record id and (pin, plate) lookups: an index of the manifests, never their substitute.
+        self.index = StoreIndex(self.root, self.runs_dir, self.manifests)
 
     def open_run(
         self,
@@ -310,9 +238,7 @@ class RunStore:
             try:
                 yield read_manifest(run_dir)
             except ManifestError as exc:
-                if exc.path not in _WARNED:  # once per process: every step reads the store per pin
-                    _WARNED.add(exc.path)
-                    _LOG.warning("%s", exc)
+                warn_damaged(exc)
 
     def damaged_manifests(self) -> list[ManifestError]:
         """Every sealed run whose manifest cannot be read, with what is wrong with it."""
@@ -353,25 +279,18 @@ class RunStore:
         self, pin_key: str, plate_ids: Collection[str] | None = None
     ) -> dict[tuple[str, str, str], SealedPair]:
         """Latest sealed pair per (plate_id, plate_sha256, preprocess_tag) for one pin; only
-        those of ``plate_ids`` when given (a step's plates: building an object for every pair
-        of a 100k-plate store made the lookup grow worse than linearly, bench/scale.py)."""
-        found: dict[tuple[str, str, str], SealedPair] = {}
-        for manifest in self.manifests():
-            for pair in manifest.pairs:
-                if pair["pin_key"] == pin_key and (plate_ids is None or pair["plate_id"] in plate_ids):
-                    key = (pair["plate_id"], pair["plate_sha256"], pair["preprocess_tag"])
-                    found[key] = manifest.sealed_pair(pair)
-        return found
+        those of ``plate_ids`` when given (a step's plates). Found through the store's index,
+        read from the manifests it names (:mod:`awb_dagster.provenance.store_index`)."""
+        return self.index.sealed_pairs(pin_key, plate_ids)
 
     def find_record(self, record_id: str) -> tuple[Manifest, SealedPair]:
-        for manifest in self.manifests():
-            for pair in manifest.pairs:
-                if record_id in pair["record_ids"]:
-                    return manifest, manifest.sealed_pair(pair)
-        raise StoreError(
-            f"record {record_id} is in no sealed run under {self.runs_dir} "
-            "(check the id, or the --home the run was made with)"
-        )
+        found = self.index.find_record(record_id)
+        if found is None:
+            raise StoreError(
+                f"record {record_id} is in no sealed run under {self.runs_dir} "
+                "(check the id, or the --home the run was made with)"
+            )
+        return found
 
 
 def verified_path(store: RunStore, run_id: str, artifact: str, sha256: str) -> str:

@@ -155,24 +155,12 @@ class InstrumentsResource(dg.ConfigurableResource):
         without opt-in fails the step, saying how this code location takes the opt-in."""
         key = (pin_key, settings)
         if key not in self._segmenters:
-            try:
-                instrument, pin = self._admitted(pin_key, "mask2former")
-            except LicenseOptInError as exc:
-                pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
-                name = self.home.registry().get(pin.model_id).instrument.key
-                raise dg.Failure(
-                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
-                    f"`license_opt_in`, read from the environment: set AWB_LICENSE_OPT_IN={name} (a comma list) "
-                    "for `dagster dev`, `awb ui` and `awb run`, then re-run."
-                ) from exc
+            instrument, pin = self._admitted(pin_key, "mask2former")
             self._segmenters[key] = SemanticSegmenter(
                 instrument,
                 pin,
                 settings,
-                device=self.torch.device,
-                dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache,
-                local_files_only=self.hub.offline,
+                **self._pinned_files,
             )
         return self._segmenters[key]
 
@@ -182,8 +170,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         if key not in self._detectors:
             instrument, pin = self._admitted(pin_key, family)
             self._detectors[key] = ObjectDetector(
-                instrument, pin, score_threshold=score_threshold, device=self.torch.device, dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+                instrument, pin, score_threshold=score_threshold, **self._pinned_files,
             )  # fmt: skip
         return self._detectors[key]
 
@@ -196,8 +183,7 @@ class InstrumentsResource(dg.ConfigurableResource):
             instrument, pin = self._admitted(pin_key, family)
             self._grounded[key] = GroundedDetector(
                 instrument, pin, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
-                device=self.torch.device, dtype=self.torch.dtype, cache_dir=self.home.paths.hf_cache,
-                local_files_only=self.hub.offline,
+                **self._pinned_files,
             )  # fmt: skip
         return self._grounded[key]
 
@@ -205,30 +191,17 @@ class InstrumentsResource(dg.ConfigurableResource):
         """The loaded classifier probe for ``pin_key`` (a ``family`` pin) after the gates: birder's
         layout for a ``library = "birder"`` entry, else transformers'."""
         if pin_key not in self._classifiers:
-            try:
-                instrument, pin = self._admitted(pin_key, family)
-            except LicenseOptInError as exc:
-                raise dg.Failure(
-                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
-                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
-                ) from exc
+            instrument, pin = self._admitted(pin_key, family)
             loader = BirderClassifier if instrument.library == "birder" else ImageClassifier
             self._classifiers[pin_key] = loader(
-                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+                instrument, pin, **self._pinned_files,
             )  # fmt: skip
         return self._classifiers[pin_key]
 
     def aesthetic_mlp(self, pin_key: str) -> AestheticMlp:
         """The loaded CLIP-fed aesthetic MLP for ``pin_key`` after the gates."""
         if pin_key not in self._mlps:
-            try:
-                instrument, pin = self._admitted(pin_key, "aesthetic")
-            except LicenseOptInError as exc:
-                raise dg.Failure(
-                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
-                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
-                ) from exc
+            instrument, pin = self._admitted(pin_key, "aesthetic")
             self._mlps[pin_key] = AestheticMlp(
                 instrument, pin, cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline
             )
@@ -238,13 +211,9 @@ class InstrumentsResource(dg.ConfigurableResource):
         """The loaded U^2-Net foreground prior for ``pin_key`` with ``settings``, after the gates."""
         key = (pin_key, settings)
         if key not in self._foreground:
-            try:
-                instrument, pin = self._admitted(pin_key, "u2net")
-            except LicenseOptInError as exc:
-                raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+            instrument, pin = self._admitted(pin_key, "u2net")
             self._foreground[key] = ForegroundSegmenter(
-                instrument, pin, settings, device=self.torch.device, dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+                instrument, pin, settings, **self._pinned_files,
             )  # fmt: skip
         return self._foreground[key]
 
@@ -253,24 +222,16 @@ class InstrumentsResource(dg.ConfigurableResource):
         if pin_key not in self._towers:
             instrument, pin = self._admitted(pin_key, family)
             self._towers[pin_key] = TextTower(
-                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+                instrument, pin, **self._pinned_files,
             )  # fmt: skip
         return self._towers[pin_key]
 
     def aesthetic_v1(self, pin_key: str) -> AestheticPredictorV1:
         """The loaded image-fed aesthetics predictor V1 for ``pin_key`` after the gates."""
         if pin_key not in self._predictors:
-            try:
-                instrument, pin = self._admitted(pin_key, "aesthetic-image")
-            except LicenseOptInError as exc:
-                raise dg.Failure(
-                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
-                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
-                ) from exc
+            instrument, pin = self._admitted(pin_key, "aesthetic-image")
             self._predictors[pin_key] = AestheticPredictorV1(
-                instrument, pin, device=self.torch.device, dtype=self.torch.dtype,
-                cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+                instrument, pin, **self._pinned_files,
             )  # fmt: skip
         return self._predictors[pin_key]
 
@@ -278,13 +239,7 @@ class InstrumentsResource(dg.ConfigurableResource):
         """The loaded torchvision ConvNet for ``pin_key`` after the gates (torchvision declares no
         license per weight: ``unknown`` needs the opt-in, as for a flagged hub model)."""
         if pin_key not in self._convnets:
-            try:
-                instrument, pin = self._admitted(pin_key, "convnet")
-            except LicenseOptInError as exc:
-                raise dg.Failure(
-                    description=f"{exc}. In this code location the opt-in is the instruments resource's "
-                    "`license_opt_in`, read from the environment (AWB_LICENSE_OPT_IN, a comma list)."
-                ) from exc
+            instrument, pin = self._admitted(pin_key, "convnet")
             self._convnets[pin_key] = ConvNetFeatures(
                 instrument, pin, weights_dir=weight_files_dir(self.home.paths.root), device=self.torch.device
             )
@@ -293,37 +248,34 @@ class InstrumentsResource(dg.ConfigurableResource):
     def tesseract_reader(self, pin_key: str, settings: ZoneSettings) -> TesseractReader:
         """The installed Tesseract engine, checked against ``pin_key`` (version and traineddata
         sha256), after the gates (its declared license `varies` needs the opt-in)."""
-        try:
-            instrument, pin = self._admitted(pin_key, "tesseract")
-        except LicenseOptInError as exc:
-            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN=tesseract.") from exc
+        instrument, pin = self._admitted(pin_key, "tesseract")
         return TesseractReader(instrument, pin, settings)
 
     def trocr_recognizer(self, pin_key: str, decoding: Decoding) -> LineRecognizer:
         """The TrOCR model of ``pin_key`` with ``decoding``, after the gates (its declared license is
         `unknown`: it needs the opt-in)."""
-        try:
-            instrument, pin = self._admitted(pin_key, "trocr")
-        except LicenseOptInError as exc:
-            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+        instrument, pin = self._admitted(pin_key, "trocr")
         return LineRecognizer(
-            instrument, pin, decoding, device=self.torch.device, dtype=self.torch.dtype,
-            cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            instrument, pin, decoding, **self._pinned_files,
         )  # fmt: skip
 
     def captioner(self, pin_key: str, family: str, prompt: Prompt, decoding: Decoding) -> Captioner:
         """The captioner of ``pin_key`` with ``prompt`` and ``decoding``, after the gates; a row's
         ``min_memory_gb`` is checked against the device before anything loads."""
-        try:
-            instrument, pin = self._admitted(pin_key, family)
-        except LicenseOptInError as exc:
-            raise dg.Failure(description=f"{exc}. Here the opt-in is AWB_LICENSE_OPT_IN (a comma list).") from exc
+        instrument, pin = self._admitted(pin_key, family)
         return Captioner(
-            instrument, pin, prompt, decoding, device=self.torch.device, dtype=self.torch.dtype,
-            cache_dir=self.home.paths.hf_cache, local_files_only=self.hub.offline,
+            instrument, pin, prompt, decoding, **self._pinned_files,
         )  # fmt: skip
 
+    @property
+    def _pinned_files(self) -> dict[str, object]:
+        """How every adapter loads a pin: the torch settings, the home's hub cache, offline or not."""
+        return {"device": self.torch.device, "dtype": self.torch.dtype,
+                "cache_dir": self.home.paths.hf_cache, "local_files_only": self.hub.offline}  # fmt: skip
+
     def _admitted(self, pin_key: str, *families: str) -> tuple[Instrument, Pin]:
+        """The instrument and pin of ``pin_key`` after the admission gates; a flagged license without
+        the opt-in fails the step, saying how this code location takes the opt-in."""
         registry = self.home.registry()
         pin = PinLock.load(self.home.paths.lock).find_key(pin_key)
         if pin is None:
@@ -331,7 +283,15 @@ class InstrumentsResource(dg.ConfigurableResource):
                 f"pin {pin_key} is not in the lock file {self.home.paths.lock}; "
                 "pin the model first (`awb pin MODEL`)"
             )
-        entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
+        try:
+            entry = registry.require_admitted(pin.model_id, license_opt_in=self.license_opt_in)
+        except LicenseOptInError as exc:
+            name = registry.get(pin.model_id).instrument.key
+            raise dg.Failure(
+                description=f"{exc}. In this code location the opt-in is the instruments resource's "
+                f"`license_opt_in`, read from the environment: set AWB_LICENSE_OPT_IN={name} (a comma list) "
+                "for `dagster dev`, `awb ui` and `awb run`, then re-run."
+            ) from exc
         if entry.instrument.family not in families:
             raise dg.Failure(f"pin {pin_key} is a {entry.instrument.family} model, not {' or '.join(families)}")
         return entry.instrument, pin

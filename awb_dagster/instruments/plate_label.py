@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-2"
+PARSER_VERSION = "label-parse-3"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
-_PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)", re.IGNORECASE)
+# the numeral ends at a non-letter ("PLATE,IVU." is no reading of IV)
+_PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)(?![A-Za-z])", re.IGNORECASE)
+_PLATE_RAW = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9A-Za-z|!]+)", re.IGNORECASE)
 _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLOURED", "LONDON", "PUBLISHED"})
 # The title lines (common name, binomial) are centred; the artist's and engraver's lines sit at
 # the left and right edges: caption words count only with their centre in this band of the width.
@@ -146,27 +148,46 @@ def _plate_candidate(line: list[OcrWord]) -> tuple[int, bool, list[OcrWord], str
     return parsed[0], parsed[1], used, match.group(0)
 
 
+def _skeleton(numeral: str) -> str:
+    """The letters of a numeral before its first I, I-lookalike or non-numeral character (where
+    Tesseract's trouble starts): ``CCCH`` -> ``CCC``, ``CCLIIL`` -> ``CCL``, ``Cif`` -> ``C``."""
+    mapped = numeral.translate(_ROMAN_LOOKALIKES)
+    end = next((i for i, ch in enumerate(mapped) if ch not in "CLXVDM"), len(mapped))
+    return mapped[:end]
+
+
 def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
-    """The plate number voted across the header reads: a value whose fascicle (``No. N``: plates
-    5N-4 to 5N in the Havell edition) was read wins, then a value read without repair, then the
-    value most reads agree on."""
-    candidates = []
+    """The plate number voted across the header reads. Reads of the numeral's glyph shapes
+    (pass ids ``header@glyphs*``, from :mod:`roman_glyphs`) count only when corroborated: their
+    letters before the first I equal those of a Tesseract read after PLATE (Tesseract reads C,
+    L, X well and runs of serif-joined I's badly, the glyph reader the other way round). Ranking: a
+    value whose fascicle (``No. N``: plates 5N-4 to 5N in the Havell edition) was read, then a
+    corroborated glyph read, then a value read without repair, then the value most reads agree on."""
+    candidates, glyph_reads = [], []
     fascicles: set[int] = set()
-    for read in _passes(words, HEADER_ZONE).values():
+    skeletons: set[str] = set()
+    for pass_id, read in _passes(words, HEADER_ZONE).items():
+        glyphs = pass_id.startswith(f"{HEADER_ZONE}@glyphs")
         used_here: set[OcrWord] = set()
         for line in _lines(read):
             found = _plate_candidate(line)
             if found is not None:
-                candidates.append(found)
+                (glyph_reads if glyphs else candidates).append(found)
                 used_here.update(found[2])
+            if not glyphs:
+                raw = _PLATE_RAW.search("".join(w.text for w in line))
+                if raw and not raw.group(1).isdigit():  # an Arabic read corroborates no Roman one
+                    skeletons.add(_skeleton(raw.group(1)))
         fascicles |= {int(w.text.strip(".,:;°")) for w in read if w not in used_here and w.text.strip(".,:;°").isdigit()}
+    corroborated = [found for found in glyph_reads if _skeleton(found[3].split("PLATE")[-1]) in skeletons]
+    candidates.extend(corroborated)
     if not candidates:
         return None
     votes = Counter(value for value, *_ in candidates)
 
-    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, int, float]:
+    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, bool, int, float]:
         value, repaired, used, _ = candidate
-        return ((value + 4) // 5 in fascicles, not repaired, votes[value], _mean_confidence(used))
+        return ((value + 4) // 5 in fascicles, candidate in corroborated, not repaired, votes[value], _mean_confidence(used))
 
     value, repaired, used, text = max(candidates, key=rank)
     agreement = votes[value] / len(candidates)

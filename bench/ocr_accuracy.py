@@ -91,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--caption-scales", type=scales, default=defaults.caption_scales, help="e.g. 3,2")
     parser.add_argument("--plate-line-scales", type=lambda t: scales(t) if t else (), default=defaults.plate_line_scales,
                         help="header line re-reads (psm 7 + glyph numeral), e.g. 2,3,4; '' turns them off")  # fmt: skip
+    parser.add_argument("--caption-line-scales", type=lambda t: scales(t) if t else (), default=defaults.caption_line_scales,
+                        help="binomial row re-reads (psm 6), e.g. 2,3; '' turns them off")  # fmt: skip
     parser.add_argument("--psm", type=int, default=defaults.psm)
     args = parser.parse_args(argv)
     instrument = Registry.load().get("tesseract").instrument
     reader = TesseractReader(instrument, capture_tesseract_pin(instrument), ZoneSettings(
         header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scales=args.header_scales, caption_scales=args.caption_scales,
-        plate_line_scales=args.plate_line_scales, psm=args.psm
+        plate_line_scales=args.plate_line_scales, caption_line_scales=args.caption_line_scales, psm=args.psm
     ))
     truth = [r for r in read_truth(args.truth) if args.split in ("all", r["split"])]
     rows = evaluate(reader, args.plates, truth)

@@ -12,8 +12,8 @@ is read at several scales (``pass_id``); the parser works per read and votes acr
   in canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``. A value whose
   fascicle (a number elsewhere in the header, ``No. N``: plates 5N-4..5N of the Havell edition)
   was read wins, then a value read without repair, then the value most reads agree on;
-- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), the first two of a
-  run of capitalised words (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
+- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), a run of
+  capitalised words (of more than two, the adjacent pair read most confidently) (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
   letters, no inner periods) on one row; two words over one, then the words most reads agree on;
 - common name: the words before the binomial on its row, else the caption row just above it.
 """
@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord
+from awb_dagster.instruments.tesseract import CAPTION_ZONE, CENTRE, HEADER_ZONE, OcrWord
 
 PARSER_VERSION = "label-parse-3"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
@@ -36,7 +36,7 @@ _PLATE_RAW = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9A-Za-z|!]+)", re.IGNORECA
 _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLOURED", "LONDON", "PUBLISHED"})
 # The title lines (common name, binomial) are centred; the artist's and engraver's lines sit at
 # the left and right edges: caption words count only with their centre in this band of the width.
-CENTRE_BAND = (0.2, 0.8)
+CENTRE_BAND = CENTRE
 MIN_NAME_LETTERS = 4  # genus and species words are longer than initials (F.R.S. read as "RSE")
 REPAIR_PENALTY = 0.5  # confidence factor of a value the parser had to repair (lookalike mapping)
 
@@ -203,7 +203,7 @@ def _is_capitals(word: OcrWord) -> bool:
 
 
 def _name_runs(lines: list[list[OcrWord]]) -> list[tuple[list[OcrWord], list[OcrWord], int]]:
-    """(first two words of a run of capitalised words, the words before it on its line, line number)."""
+    """(the binomial pair of a run of capitalised words, the words before it on its line, line number)."""
     runs = []
     for number, line in enumerate(lines):
         run: list[OcrWord] = []
@@ -212,9 +212,18 @@ def _name_runs(lines: list[list[OcrWord]]) -> list[tuple[list[OcrWord], list[Ocr
                 run.append(word)
                 continue
             if run:
-                runs.append((run[:2], line[: position - len(run)], number))
+                runs.append((_best_pair(run), line[: position - len(run)], number))
                 run = []
     return runs
+
+
+def _best_pair(run: list[OcrWord]) -> list[OcrWord]:
+    """The binomial of a run of capitalised words: the run itself up to two words; of a longer
+    run (a letter-spaced word split in two: ``CLAN GULAY VULGARIS``) the adjacent pair with the
+    highest mean confidence."""
+    if len(run) <= 2:
+        return run
+    return max((run[i : i + 2] for i in range(len(run) - 1)), key=_mean_confidence)
 
 
 def _binomial(words: Sequence[OcrWord]) -> str:

@@ -34,6 +34,7 @@ from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMi
 ADAPTER_VERSION = "tesseract-zones-1"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
+CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
 LINE_WHITELIST = "PLATE.,CLXVI0123456789"  # the characters of a header line "PLATE. CCLIII."
 _PLATE_WORD = re.compile(r"^P[LI1|]ATE?")
 _TSV_FIELDS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
@@ -52,6 +53,9 @@ class ZoneSettings:
     # The header line around the word PLATE is read again per scale here: Tesseract --psm 7 with
     # LINE_WHITELIST, and the numeral's glyph shapes (instruments.roman_glyphs); () turns that off.
     plate_line_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    # The row of the most confident all-capital caption word in the centre band (the engraved
+    # binomial) is read again per scale here, one row height above and below, with --psm 6.
+    caption_line_scales: tuple[float, ...] = (2.0, 3.0)
     psm: int = 11  # sparse text: the bands hold short runs of words far apart
     oem: int = 1  # LSTM engine only
     timeout_seconds: float = 120.0
@@ -61,9 +65,9 @@ class ZoneSettings:
             value = getattr(self, name)
             if not 0.0 < value <= 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5], got {value}")
-        for name in ("header_scales", "caption_scales", "plate_line_scales"):
+        for name in ("header_scales", "caption_scales", "plate_line_scales", "caption_line_scales"):
             scales = getattr(self, name)
-            if (not scales and name != "plate_line_scales") or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
+            if (not scales and not name.endswith("line_scales")) or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
                 raise ValueError(f"{name} must be distinct scales in [1, 6], got {scales}")
         if self.psm not in range(14) or self.oem not in range(4):
             raise ValueError(f"psm must be 0-13 and oem 0-3, got psm={self.psm} oem={self.oem}")
@@ -95,6 +99,8 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|psm={settings.psm}|oem={settings.oem}"
         + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION})@"
            f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
+        + (f"|caption-line(capitals,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
+           f"{','.join(f'{s:g}' for s in settings.caption_line_scales)}:lanczos" if settings.caption_line_scales else "")
     )  # fmt: skip
 
 
@@ -178,7 +184,29 @@ class TesseractReader:
                 size = (max(1, round(band.width * scale)), max(1, round(band.height * scale)))
                 tsv = self._tesseract(band.resize(size, Image.Resampling.LANCZOS), f"{zone}@{scale:g}")
                 words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
-        return words + self._plate_line(grey, words)
+        words = words + self._plate_line(grey, words)
+        return words + self._caption_line(grey, words)
+
+    def _caption_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
+        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row holding the most
+        confident all-capital word (at least 4 letters, centre in the ``CENTRE`` band of the width):
+        the engraved binomial, whose letter-spaced small capitals sparse-text mode splits."""
+        low, high = CENTRE[0] * grey.width, CENTRE[1] * grey.width
+        capitals = [
+            w for w in words if w.zone == CAPTION_ZONE and low <= w.box[0] + w.box[2] / 2 <= high
+            and sum(ch.isupper() for ch in w.text) >= 4 and sum(ch.isupper() for ch in w.text) >= 0.8 * sum(ch.isalpha() for ch in w.text)
+        ]  # fmt: skip
+        if not capitals or not self.settings.caption_line_scales:
+            return []
+        _, y, _, height = max(capitals, key=lambda w: w.confidence).box
+        box = (round(low), max(0, y - height), round(high), min(grey.height, y + 2 * height))
+        row = grey.crop(box)
+        found: list[OcrWord] = []
+        for scale in self.settings.caption_line_scales:
+            size = (round(row.width * scale), round(row.height * scale))
+            tsv = self._tesseract(row.resize(size, Image.Resampling.LANCZOS), f"caption line@{scale:g}", psm=6)
+            found.extend(parse_tsv(tsv, CAPTION_ZONE, box[:2], scale, len(words) + len(found), f"{CAPTION_ZONE}@line{scale:g}"))
+        return found
 
     def _plate_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
         """Second reads of the header line "PLATE <numeral>" around the most confident PLATE word

@@ -5,12 +5,17 @@ engraved text, so the engine runs on label zones found by declared heuristics (a
 preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13." and
 "PLATE LXI.") and the caption band (bottom ``caption_fraction``: common name, Latin binomial,
 engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``caption_scales``
-(Lanczos upscaling) with ``--psm`` sparse-text segmentation. The tesseract binary is called directly with TSV output.
+(Lanczos upscaling) with ``--psm`` sparse-text segmentation. Second reads (also in the tag): the
+header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
+plus its Roman numeral from glyph shapes (:mod:`roman_glyphs`), per ``plate_line_scales``; and
+the caption row of the most confident all-capital centre word (the binomial) with ``--psm 6``,
+per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
 
 Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
-scale); ``line_id`` ``<zone>@<scale>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
-``<zone>@<scale>`` (the read that found it).
+scale); ``line_id`` ``<pass_id>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
+(the read that found it: ``<zone>@<scale>``, ``header@line<scale>``, ``header@glyphs<scale>``,
+``caption@line<scale>``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-1"
+ADAPTER_VERSION = "tesseract-zones-2"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
 CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges

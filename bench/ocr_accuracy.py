@@ -89,14 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     scales = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     parser.add_argument("--header-scales", type=scales, default=defaults.header_scales, help="e.g. 2,3,4")
     parser.add_argument("--caption-scales", type=scales, default=defaults.caption_scales, help="e.g. 3,2")
+    parser.add_argument("--plate-line-scales", type=lambda t: scales(t) if t else (), default=defaults.plate_line_scales,
+                        help="header line re-reads (psm 7 + glyph numeral), e.g. 2,3,4; '' turns them off")  # fmt: skip
+    parser.add_argument("--caption-line-scales", type=lambda t: scales(t) if t else (), default=defaults.caption_line_scales,
+                        help="binomial row re-reads (psm 6), e.g. 2,3; '' turns them off")  # fmt: skip
     parser.add_argument("--psm", type=int, default=defaults.psm)
     args = parser.parse_args(argv)
     instrument = Registry.load().get("tesseract").instrument
     reader = TesseractReader(instrument, capture_tesseract_pin(instrument), ZoneSettings(
-        header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scales=args.header_scales, caption_scales=args.caption_scales, psm=args.psm
+        header_fraction=args.header_fraction, caption_fraction=args.caption_fraction, header_scales=args.header_scales, caption_scales=args.caption_scales,
+        plate_line_scales=args.plate_line_scales, caption_line_scales=args.caption_line_scales, psm=args.psm
     ))
     truth = [r for r in read_truth(args.truth) if args.split in ("all", r["split"])]
     rows = evaluate(reader, args.plates, truth)
+    seconds = [float(r["seconds"]) for r in rows]
     for r in rows:
         print(
             f"{r['file'][:24]:24} {r['split']:7} number {str(r['plate_number']):>5} / {r['plate_number_truth']:<4}"
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "preprocess_tag": reader.preprocess_tag, "parser": PARSER_VERSION, "pin": reader.pin.key,
             "command": " ".join(["python", "bench/ocr_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-            "rows": rows, "summary": totals,
+            "rows": rows, "summary": totals, "seconds_per_plate_mean": round(sum(seconds) / max(1, len(seconds)), 2),
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -8,14 +8,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from demo_homes import make_demo_home
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from awb_dagster.assets.factory import job_name
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.plate_label import int_to_roman, parse_label, parse_numeral, roman_to_int
+from awb_dagster.instruments.roman_glyphs import read_numeral
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord, TesseractReader, ZoneSettings, parse_tsv
 from awb_dagster.producers.ocr import OCR_ASSET
 from awb_dagster.provenance.text_records import TEXT_CHECK_DESCRIPTIONS, check_text_pairs, label_of, text_schema, text_table
@@ -90,6 +92,55 @@ def test_reads_vote_and_the_fascicle_decides():
 def test_repaired_numeral_has_lower_confidence():
     label = parse_label([word("PLATE", 1500, 50, index=0), word("CCCCXX1", 1600, 50, index=1)], 2000)
     assert label.plate_number.value == 421 and label.plate_number.confidence == pytest.approx(0.45)
+
+
+def test_glyph_read_counts_serif_joined_is_when_tesseract_corroborates_the_other_letters():
+    # Tesseract reads "PLATE. CIII." as C1 (101, repaired); the glyph read CIII shares its C
+    tesseract = [word("PLATE.", 1500, 50, index=0), word("C1.", 1600, 50, index=1)]
+    glyphs = [replace(w, pass_id="header@glyphs2") for w in (word("PLATE", 1500, 50, index=2), word("CIII", 1600, 50, index=3))]
+    label = parse_label(tesseract + glyphs, 2000)
+    assert label.plate_number.value == 103 and label.plate_number.word_indices == (2, 3)
+    # a truncated glyph read (CCC) that Tesseract's letters (CCCCXX) do not corroborate is dropped
+    tesseract = [word("PLATE", 1500, 50, index=0), word("CCCCXX1.", 1600, 50, index=1)]
+    glyphs = [replace(w, pass_id="header@glyphs2") for w in (word("PLATE", 1500, 50, index=2), word("CCC", 1600, 50, index=3))]
+    assert parse_label(tesseract + glyphs, 2000).plate_number.value == 421
+    # an Arabic read corroborates no glyph read: "PLATE 13." stays 13 against a glyph read "I"
+    tesseract = [word("PLATE", 1500, 50, index=0), word("13.", 1600, 50, index=1)]
+    glyphs = [replace(w, pass_id="header@glyphs2") for w in (word("PLATE", 1500, 50, index=2), word("I", 1600, 50, index=3))]
+    assert parse_label(tesseract + glyphs, 2000).plate_number.value == 13
+
+
+def _engraved(letters: str, cap: int = 40) -> np.ndarray:
+    """A numeral drawn like the plates' engraving: I = thick stem with hairline serifs wide
+    enough to touch the next I's; C = thick left bowl with hairline arms, open on the right."""
+    image = Image.new("L", (60 * len(letters) + 80, 2 * cap), 250)
+    draw = ImageDraw.Draw(image)
+    x, top, bottom = 20, cap // 2, cap // 2 + cap
+    for ch in letters:
+        if ch == "I":
+            draw.rectangle((x + 6, top, x + 13, bottom), fill=30)
+            draw.rectangle((x, top, x + 20, top + 2), fill=120)
+            draw.rectangle((x, bottom - 2, x + 20, bottom), fill=120)
+            x += 20
+        else:
+            x += 6
+            draw.arc((x, top, x + cap, bottom), 110, 250, fill=30, width=8)
+            draw.arc((x, top, x + cap, bottom), 250, 330, fill=150, width=2)
+            draw.arc((x, top, x + cap, bottom), 30, 110, fill=150, width=2)
+            x += cap + 8
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("numeral", ["CIII", "CCCIII", "I", "CC"])
+def test_glyph_reader_counts_serif_joined_stems(numeral):
+    assert read_numeral(_engraved(numeral), 40) == numeral
+
+
+def test_glyph_reader_refuses_blank_and_unknown_shapes():
+    assert read_numeral(np.full((80, 200), 250, dtype=np.uint8), 40) is None  # no ink
+    blob = np.full((80, 200), 250, dtype=np.uint8)
+    blob[20:60, 20:60] = 30  # a filled square is no Roman letter
+    assert read_numeral(blob, 40) is None
 
 
 def test_latin_binomial_and_common_name_from_a_noisy_caption():
@@ -181,7 +232,7 @@ def test_real_ocr_reads_the_engraved_caption(reader, file, words, number, latin)
 def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     home = make_demo_home(loopback_hub, tmp_path_factory, "ocr", ["tesseract"],
                           plate_files=[SHARED_PLATES / PARROT], license_opt_in=["tesseract"])  # fmt: skip
-    config = {"header_scales": [2.0], "caption_scales": [3.0]}  # one read per zone keeps the test short
+    config = {"header_scales": [2.0], "caption_scales": [3.0], "plate_line_scales": [2.0], "caption_line_scales": []}
     runs = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, config, home.pin_key, None)
     assert len(runs) == 1 and runs[0].success
     (pair,) = home.store.sealed_pairs(home.pin_key).values()
@@ -189,8 +240,12 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     assert table.schema == text_schema()
     (row,) = table.to_pylist()
     assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
-    assert pair.preprocess_tag.endswith("scales(header=2,caption=3):lanczos|psm=11|oem=1|label-parse-2")
-    assert {w["pass_id"] for w in row["words"]} == {"header@2", "caption@3"}
+    assert pair.preprocess_tag.endswith(
+        "scales(header=2,caption=3):lanczos|psm=11|oem=1|plate-line(psm=7,whitelist=PLATE.,CLXVI0123456789,"
+        "roman-glyphs-1)@2:lanczos|label-parse-3"
+    )
+    assert {"header@2", "caption@3", "header@line2"} <= {w["pass_id"] for w in row["words"]} <= {
+        "header@2", "caption@3", "header@line2", "header@glyphs2"}  # fmt: skip
     assert label_of(row)["latin_name"]["value"] == "Psitacus carolinensis"
     plate = home.catalog.plates[pair.plate_id]
     outcomes = check_text_pairs([pair], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())

@@ -12,8 +12,8 @@ is read at several scales (``pass_id``); the parser works per read and votes acr
   in canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``. A value whose
   fascicle (a number elsewhere in the header, ``No. N``: plates 5N-4..5N of the Havell edition)
   was read wins, then a value read without repair, then the value most reads agree on;
-- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), the first two of a
-  run of capitalised words (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
+- Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), a run of
+  capitalised words (of more than two, the adjacent pair read most confidently) (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
   letters, no inner periods) on one row; two words over one, then the words most reads agree on;
 - common name: the words before the binomial on its row, else the caption row just above it.
 """
@@ -25,16 +25,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord
+from awb_dagster.instruments.tesseract import CAPTION_ZONE, CENTRE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-2"
+PARSER_VERSION = "label-parse-3"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
-_PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)", re.IGNORECASE)
+# the numeral ends at a non-letter ("PLATE,IVU." is no reading of IV)
+_PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)(?![A-Za-z])", re.IGNORECASE)
+_PLATE_RAW = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9A-Za-z|!]+)", re.IGNORECASE)
 _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLOURED", "LONDON", "PUBLISHED"})
 # The title lines (common name, binomial) are centred; the artist's and engraver's lines sit at
 # the left and right edges: caption words count only with their centre in this band of the width.
-CENTRE_BAND = (0.2, 0.8)
+CENTRE_BAND = CENTRE
 MIN_NAME_LETTERS = 4  # genus and species words are longer than initials (F.R.S. read as "RSE")
 REPAIR_PENALTY = 0.5  # confidence factor of a value the parser had to repair (lookalike mapping)
 
@@ -146,27 +148,46 @@ def _plate_candidate(line: list[OcrWord]) -> tuple[int, bool, list[OcrWord], str
     return parsed[0], parsed[1], used, match.group(0)
 
 
+def _skeleton(numeral: str) -> str:
+    """The letters of a numeral before its first I, I-lookalike or non-numeral character (where
+    Tesseract's trouble starts): ``CCCH`` -> ``CCC``, ``CCLIIL`` -> ``CCL``, ``Cif`` -> ``C``."""
+    mapped = numeral.translate(_ROMAN_LOOKALIKES)
+    end = next((i for i, ch in enumerate(mapped) if ch not in "CLXVDM"), len(mapped))
+    return mapped[:end]
+
+
 def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
-    """The plate number voted across the header reads: a value whose fascicle (``No. N``: plates
-    5N-4 to 5N in the Havell edition) was read wins, then a value read without repair, then the
-    value most reads agree on."""
-    candidates = []
+    """The plate number voted across the header reads. Reads of the numeral's glyph shapes
+    (pass ids ``header@glyphs*``, from :mod:`roman_glyphs`) count only when corroborated: their
+    letters before the first I equal those of a Tesseract read after PLATE (Tesseract reads C,
+    L, X well and runs of serif-joined I's badly, the glyph reader the other way round). Ranking: a
+    value whose fascicle (``No. N``: plates 5N-4 to 5N in the Havell edition) was read, then a
+    corroborated glyph read, then a value read without repair, then the value most reads agree on."""
+    candidates, glyph_reads = [], []
     fascicles: set[int] = set()
-    for read in _passes(words, HEADER_ZONE).values():
+    skeletons: set[str] = set()
+    for pass_id, read in _passes(words, HEADER_ZONE).items():
+        glyphs = pass_id.startswith(f"{HEADER_ZONE}@glyphs")
         used_here: set[OcrWord] = set()
         for line in _lines(read):
             found = _plate_candidate(line)
             if found is not None:
-                candidates.append(found)
+                (glyph_reads if glyphs else candidates).append(found)
                 used_here.update(found[2])
+            if not glyphs:
+                raw = _PLATE_RAW.search("".join(w.text for w in line))
+                if raw and not raw.group(1).isdigit():  # an Arabic read corroborates no Roman one
+                    skeletons.add(_skeleton(raw.group(1)))
         fascicles |= {int(w.text.strip(".,:;°")) for w in read if w not in used_here and w.text.strip(".,:;°").isdigit()}
+    corroborated = [found for found in glyph_reads if _skeleton(found[3].split("PLATE")[-1]) in skeletons]
+    candidates.extend(corroborated)
     if not candidates:
         return None
     votes = Counter(value for value, *_ in candidates)
 
-    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, int, float]:
+    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, bool, int, float]:
         value, repaired, used, _ = candidate
-        return ((value + 4) // 5 in fascicles, not repaired, votes[value], _mean_confidence(used))
+        return ((value + 4) // 5 in fascicles, candidate in corroborated, not repaired, votes[value], _mean_confidence(used))
 
     value, repaired, used, text = max(candidates, key=rank)
     agreement = votes[value] / len(candidates)
@@ -182,7 +203,7 @@ def _is_capitals(word: OcrWord) -> bool:
 
 
 def _name_runs(lines: list[list[OcrWord]]) -> list[tuple[list[OcrWord], list[OcrWord], int]]:
-    """(first two words of a run of capitalised words, the words before it on its line, line number)."""
+    """(the binomial pair of a run of capitalised words, the words before it on its line, line number)."""
     runs = []
     for number, line in enumerate(lines):
         run: list[OcrWord] = []
@@ -191,9 +212,18 @@ def _name_runs(lines: list[list[OcrWord]]) -> list[tuple[list[OcrWord], list[Ocr
                 run.append(word)
                 continue
             if run:
-                runs.append((run[:2], line[: position - len(run)], number))
+                runs.append((_best_pair(run), line[: position - len(run)], number))
                 run = []
     return runs
+
+
+def _best_pair(run: list[OcrWord]) -> list[OcrWord]:
+    """The binomial of a run of capitalised words: the run itself up to two words; of a longer
+    run (a letter-spaced word split in two: ``CLAN GULAY VULGARIS``) the adjacent pair with the
+    highest mean confidence."""
+    if len(run) <= 2:
+        return run
+    return max((run[i : i + 2] for i in range(len(run) - 1)), key=_mean_confidence)
 
 
 def _binomial(words: Sequence[OcrWord]) -> str:

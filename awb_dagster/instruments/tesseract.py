@@ -5,32 +5,43 @@ engraved text, so the engine runs on label zones found by declared heuristics (a
 preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13." and
 "PLATE LXI.") and the caption band (bottom ``caption_fraction``: common name, Latin binomial,
 engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``caption_scales``
-(Lanczos upscaling) with ``--psm`` sparse-text segmentation. The tesseract binary is called directly with TSV output.
+(Lanczos upscaling) with ``--psm`` sparse-text segmentation. Second reads (also in the tag): the
+header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
+plus its Roman numeral from glyph shapes (:mod:`roman_glyphs`), per ``plate_line_scales``; and
+the caption row of the most confident all-capital centre word (the binomial) with ``--psm 6``,
+per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
 
 Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
-scale); ``line_id`` ``<zone>@<scale>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
-``<zone>@<scale>`` (the read that found it).
+scale); ``line_id`` ``<pass_id>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
+(the read that found it: ``<zone>@<scale>``, ``header@line<scale>``, ``header@glyphs<scale>``,
+``caption@line<scale>``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
+from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-1"
+ADAPTER_VERSION = "tesseract-zones-2"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
+CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
+LINE_WHITELIST = "PLATE.,CLXVI0123456789"  # the characters of a header line "PLATE. CCLIII."
+_PLATE_WORD = re.compile(r"^P[LI1|]ATE?")
 _TSV_FIELDS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
 
 
@@ -44,6 +55,12 @@ class ZoneSettings:
     # the caption's small capitals ~10 px): the parser votes across these passes.
     header_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
     caption_scales: tuple[float, ...] = (3.0, 2.0)
+    # The header line around the word PLATE is read again per scale here: Tesseract --psm 7 with
+    # LINE_WHITELIST, and the numeral's glyph shapes (instruments.roman_glyphs); () turns that off.
+    plate_line_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    # The row of the most confident all-capital caption word in the centre band (the engraved
+    # binomial) is read again per scale here, one row height above and below, with --psm 6.
+    caption_line_scales: tuple[float, ...] = (2.0, 3.0)
     psm: int = 11  # sparse text: the bands hold short runs of words far apart
     oem: int = 1  # LSTM engine only
     timeout_seconds: float = 120.0
@@ -53,9 +70,9 @@ class ZoneSettings:
             value = getattr(self, name)
             if not 0.0 < value <= 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5], got {value}")
-        for name in ("header_scales", "caption_scales"):
+        for name in ("header_scales", "caption_scales", "plate_line_scales", "caption_line_scales"):
             scales = getattr(self, name)
-            if not scales or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
+            if (not scales and not name.endswith("line_scales")) or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
                 raise ValueError(f"{name} must be distinct scales in [1, 6], got {scales}")
         if self.psm not in range(14) or self.oem not in range(4):
             raise ValueError(f"psm must be 0-13 and oem 0-3, got psm={self.psm} oem={self.oem}")
@@ -85,13 +102,20 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|grey|scales(header={','.join(f'{s:g}' for s in settings.header_scales)},"
         f"caption={','.join(f'{s:g}' for s in settings.caption_scales)}):lanczos"
         f"|psm={settings.psm}|oem={settings.oem}"
-    )
+        + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION})@"
+           f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
+        + (f"|caption-line(capitals,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
+           f"{','.join(f'{s:g}' for s in settings.caption_line_scales)}:lanczos" if settings.caption_line_scales else "")
+    )  # fmt: skip
 
 
-def parse_tsv(text: str, zone: str, origin: tuple[int, int], scale: float, first_index: int = 0) -> list[OcrWord]:
+def parse_tsv(
+    text: str, zone: str, origin: tuple[int, int], scale: float, first_index: int = 0, pass_id: str | None = None
+) -> list[OcrWord]:
     """Tesseract's TSV (word rows: level 5) -> words with boxes in plate pixels. Rows with
-    confidence -1 (layout rows) or empty text are not words."""
+    confidence -1 (layout rows) or empty text are not words. ``pass_id`` defaults to ``zone@scale``."""
     words: list[OcrWord] = []
+    pass_id = pass_id or f"{zone}@{scale:g}"
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(reader, None)
     if header is None or header[:1] != ["level"]:
@@ -107,10 +131,10 @@ def parse_tsv(text: str, zone: str, origin: tuple[int, int], scale: float, first
                 text=row[11].strip(),
                 confidence=round(min(100.0, float(row[10])) / 100.0, 4),
                 box=box,
-                line_id=f"{zone}@{scale:g}:{row[2]}.{row[3]}.{row[4]}",
+                line_id=f"{pass_id}:{row[2]}.{row[3]}.{row[4]}",
                 zone=zone,
                 word_index=first_index + len(words),
-                pass_id=f"{zone}@{scale:g}",
+                pass_id=pass_id,
             )
         )
     return words
@@ -165,14 +189,72 @@ class TesseractReader:
                 size = (max(1, round(band.width * scale)), max(1, round(band.height * scale)))
                 tsv = self._tesseract(band.resize(size, Image.Resampling.LANCZOS), f"{zone}@{scale:g}")
                 words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
-        return words
+        words = words + self._plate_line(grey, words)
+        return words + self._caption_line(grey, words)
 
-    def _tesseract(self, band: Image.Image, zone: str) -> str:
+    def _caption_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
+        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row holding the most
+        confident all-capital word (at least 4 letters, centre in the ``CENTRE`` band of the width):
+        the engraved binomial, whose letter-spaced small capitals sparse-text mode splits."""
+        low, high = CENTRE[0] * grey.width, CENTRE[1] * grey.width
+        capitals = [
+            w for w in words if w.zone == CAPTION_ZONE and low <= w.box[0] + w.box[2] / 2 <= high
+            and sum(ch.isupper() for ch in w.text) >= 4 and sum(ch.isupper() for ch in w.text) >= 0.8 * sum(ch.isalpha() for ch in w.text)
+        ]  # fmt: skip
+        if not capitals or not self.settings.caption_line_scales:
+            return []
+        _, y, _, height = max(capitals, key=lambda w: w.confidence).box
+        box = (round(low), max(0, y - height), round(high), min(grey.height, y + 2 * height))
+        row = grey.crop(box)
+        found: list[OcrWord] = []
+        for scale in self.settings.caption_line_scales:
+            size = (round(row.width * scale), round(row.height * scale))
+            tsv = self._tesseract(row.resize(size, Image.Resampling.LANCZOS), f"caption line@{scale:g}", psm=6)
+            found.extend(parse_tsv(tsv, CAPTION_ZONE, box[:2], scale, len(words) + len(found), f"{CAPTION_ZONE}@line{scale:g}"))
+        return found
+
+    def _plate_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
+        """Second reads of the header line "PLATE <numeral>" around the most confident PLATE word
+        of the header passes, per scale of ``plate_line_scales``: Tesseract on the line crop
+        (``--psm 7``, characters limited to :data:`LINE_WHITELIST`; pass ``header@line<scale>``),
+        and the numeral's glyph shapes (:func:`read_numeral`; pass ``header@glyphs<scale>``, a
+        copy of the PLATE word and the numeral, both with the PLATE word's confidence). The
+        numeral crop runs from the end of PLATE (its share of a merged word such as
+        ``PLATE,LVII``) 2.2 word widths right, half a word height above and below; the line crop
+        starts one word height left of PLATE."""
+        plates = [w for w in words if w.zone == HEADER_ZONE and _PLATE_WORD.match(w.text.upper())]
+        if not plates or not self.settings.plate_line_scales:
+            return []
+        plate = max(plates, key=lambda w: w.confidence)
+        x, y, width, height = plate.box
+        start = x + (width if len(plate.text) <= 6 else round(width * 5.5 / len(plate.text)))
+        crop = (start, max(0, y - height // 2), min(grey.width, start + round(2.2 * width)), min(grey.height, y + height + height // 2))
+        if crop[2] - crop[0] < height:
+            return []
+        line_box = (max(0, x - height), crop[1], crop[2], crop[3])
+        region, line = grey.crop(crop), grey.crop(line_box)
+        found: list[OcrWord] = []
+        for scale in self.settings.plate_line_scales:
+            size = (round(line.width * scale), round(line.height * scale))
+            tsv = self._tesseract(line.resize(size, Image.Resampling.LANCZOS), f"header line@{scale:g}", psm=7, whitelist=LINE_WHITELIST)
+            found.extend(parse_tsv(tsv, HEADER_ZONE, line_box[:2], scale, len(words) + len(found), f"{HEADER_ZONE}@line{scale:g}"))
+            size = (round(region.width * scale), round(region.height * scale))
+            numeral = read_numeral(np.asarray(region.resize(size, Image.Resampling.LANCZOS)), 0.8 * height * scale)
+            if numeral is None:
+                continue
+            pass_id = f"{HEADER_ZONE}@glyphs{scale:g}"
+            box = (crop[0], y, crop[2] - crop[0], height)
+            for text, word_box in (("PLATE", plate.box), (numeral, box)):
+                found.append(OcrWord(text, plate.confidence, word_box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
+        return found
+
+    def _tesseract(self, band: Image.Image, zone: str, psm: int | None = None, whitelist: str = "") -> str:
         buffer = io.BytesIO()
         band.save(buffer, format="PNG")
         command = [
             self.install.binary, "stdin", "stdout", "-l", self.languages,
-            "--psm", str(self.settings.psm), "--oem", str(self.settings.oem), "tsv",
+            "--psm", str(psm or self.settings.psm), "--oem", str(self.settings.oem),
+            *(["-c", f"tessedit_char_whitelist={whitelist}"] if whitelist else []), "tsv",
         ]  # fmt: skip
         try:
             done = subprocess.run(

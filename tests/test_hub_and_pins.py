@@ -65,7 +65,8 @@ def closed_port() -> int:
 @pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
 def test_tiny_repo_is_deterministic_per_seed(kind: str) -> None:
     files = build_tiny_repo(kind)
-    assert set(files) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    text = {"tokenizer.json", "tokenizer_config.json"} if kind == "clip" else set()  # the tiny CLIP's text tower (awb search)
+    assert set(files) == {"config.json", "model.safetensors", "preprocessor_config.json", *text}
     assert build_tiny_repo(kind) == files
     assert build_tiny_repo(kind, seed=1)["model.safetensors"] != files["model.safetensors"]
 
@@ -94,7 +95,8 @@ def test_model_info_parses_with_card_tags_and_siblings(loopback_hub: HubFixture)
     assert info.card_data is not None and info.card_data.license == "apache-2.0"
     assert "license:apache-2.0" in (info.tags or [])
     siblings = {s.rfilename: s for s in info.siblings or []}
-    assert set(siblings) == {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
+    assert set(siblings) == {"README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+                             "tokenizer.json", "tokenizer_config.json"}  # fmt: skip
     assert siblings["model.safetensors"].lfs is not None and siblings["config.json"].lfs is None
 
 

@@ -35,6 +35,13 @@ def _clean_env(home: Path) -> dict[str, str]:
     return {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "AWB_HOME": str(home)}
 
 
+def _as_a_terminal_job() -> None:
+    """SIGINT as a job started at a terminal has it (the default action). A test run started with
+    `&` from a non-interactive shell inherits SIGINT ignored, and so would `dagster dev`, which
+    then cannot be stopped like Ctrl-C: that is the shell's rule, not what this test is about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,7 +70,7 @@ def test_dagster_dev_in_the_root_serves_the_family_assets_and_stops_clean(tmp_pa
         dev = subprocess.Popen(
             [str(BIN / "dagster"), "dev", "-p", str(port), "-h", "127.0.0.1"],
             cwd=REPO_ROOT, env=_clean_env(tmp_path / "home"), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_as_a_terminal_job,
         )  # fmt: skip
     group = psutil.Process(dev.pid)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
+from awb_dagster.instruments.common import InstrumentError, pin_provenance, pinned_file, require_pin_of
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 
@@ -79,7 +79,9 @@ class AestheticMlp:
         # A few matrix-vector products per plate: the CPU, in float32, on every machine.
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self.weight_file = self._download(cache_dir, local_files_only)
+        self.weight_file = pinned_file(
+            instrument, pin, str(instrument.weight_id), cache_dir=cache_dir, local_files_only=local_files_only
+        )
         self.weight_md5 = hashlib.md5(self.weight_file.read_bytes(), usedforsecurity=False).hexdigest()
         if self.spec.original_md5 is not None and self.weight_md5 != self.spec.original_md5:
             raise InstrumentError(
@@ -98,21 +100,6 @@ class AestheticMlp:
             ) from exc
         self.model.eval()
         self.preprocess_tag = f"input=clip_embeddings:vector_l2;clip={self.spec.clip_model};adapter={ADAPTER_VERSION}"
-
-    def _download(self, cache_dir: Path | None, local_files_only: bool) -> Path:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub import errors as hf_errors
-
-        try:
-            return Path(hf_hub_download(
-                self.instrument.id, str(self.instrument.weight_id), revision=self.pin.sha,
-                cache_dir=str(cache_dir) if cache_dir else None, local_files_only=local_files_only,
-            ))  # fmt: skip
-        except (OSError, hf_errors.HfHubHTTPError) as exc:
-            raise InstrumentError(
-                f"{self.instrument.id}@{self.pin.sha}: cannot fetch {self.instrument.weight_id} ({exc}); check the "
-                "weight_id in roster.toml, the hub endpoint, or the local cache when offline"
-            ) from exc
 
     def tag_for(self, clip_pin: str, clip_tag: str) -> str:
         """The record's preprocess tag: the MLP's and the embedding's (which CLIP pin, which pixels)."""

@@ -34,6 +34,7 @@ from awb_dagster.instruments.common import (
     hub_kwargs,
     norm_text,
     pin_provenance,
+    pinned_file,
     quiet_transformers,
     require_pin_of,
     resolve_device,
@@ -123,19 +124,9 @@ class AestheticPredictorV1:
         )
 
     def _file(self, name: str, hub: dict[str, Any]) -> Path:
-        from huggingface_hub import errors as hf_errors
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download(
-                self.instrument.id, name, revision=self.pin.sha, cache_dir=hub["cache_dir"],
-                local_files_only=hub["local_files_only"],
-            ))  # fmt: skip
-        except (OSError, hf_errors.HfHubHTTPError) as exc:
-            raise InstrumentError(
-                f"{self.instrument.id}@{self.pin.sha}: cannot fetch {name} ({exc}); `awb pin {self.instrument.id} "
-                f"--revision {self.pin.sha}` puts the pin's files in the home's cache (it needs the hub)"
-            ) from exc
+        return pinned_file(
+            self.instrument, self.pin, name, cache_dir=hub["cache_dir"], local_files_only=hub["local_files_only"]
+        )
 
     def _state_dict(self, hub: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor]]:
         present = [name for name in WEIGHT_FILES if name in set(self.pin.files)] or list(WEIGHT_FILES[:1])

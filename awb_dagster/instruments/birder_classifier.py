@@ -23,7 +23,7 @@ import PIL
 import torch
 
 from awb_dagster.instruments.classifier import CALIBRATION_NOTE, UNCALIBRATED, label_set_sha256
-from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of, resolve_device
+from awb_dagster.instruments.common import InstrumentError, pin_provenance, pinned_file, require_pin_of, resolve_device
 from awb_dagster.plates.imaging import COLOR_POLICY, decoder_tag, load_rgb
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
@@ -85,7 +85,9 @@ class BirderClassifier:
         self.dtype = torch.float32  # birder's inference preset is float32; a probe is cheap
         self.weights = str(instrument.weight_id)
         self.network, self.tag, declared_sha = split_weights_name(self.weights)
-        self.weight_file = self._download(cache_dir, local_files_only)
+        self.weight_file = pinned_file(
+            instrument, pin, f"{self.weights}.pt", cache_dir=cache_dir, local_files_only=local_files_only
+        )
         self.file_sha256 = _sha256(self.weight_file)
         if declared_sha is not None and self.file_sha256 != declared_sha:
             raise InstrumentError(
@@ -122,24 +124,6 @@ class BirderClassifier:
             f"resize=torchvision:bicubic:antialias:{height}x{width};crop=center:{height}x{width};rescale=0.00392157;"
             f"norm=mean({mean})std({std});adapter={ADAPTER_VERSION}"
         )
-
-    def _download(self, cache_dir: Path | None, local_files_only: bool) -> Path:
-        from huggingface_hub import errors as hf_errors
-        from huggingface_hub import hf_hub_download
-
-        from awb_dagster.registry.pin_files import pin_files_cached
-
-        offline = local_files_only or pin_files_cached(cache_dir, self.pin.model_id, self.pin.sha, self.pin.files)
-        try:
-            return Path(hf_hub_download(
-                self.instrument.id, f"{self.weights}.pt", revision=self.pin.sha,
-                cache_dir=str(cache_dir) if cache_dir else None, local_files_only=offline,
-            ))  # fmt: skip
-        except (OSError, hf_errors.HfHubHTTPError) as exc:
-            raise InstrumentError(
-                f"{self.instrument.id}@{self.pin.sha}: cannot fetch {self.weights}.pt ({exc}); check the weight_id in "
-                "roster.toml (the birder weights name), the hub endpoint, or the local cache when offline"
-            ) from exc
 
     def load_plate(self, path: Path, sha256: str, *, max_pixels: int) -> torch.Tensor:
         """Plate file -> the model input [3, H, W]. Thread-safe; runs in the decode workers."""

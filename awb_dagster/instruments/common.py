@@ -65,6 +65,28 @@ def hub_kwargs(instrument: Instrument, pin: Pin, *, cache_dir: Path | None, loca
     }
 
 
+def pinned_file(
+    instrument: Instrument, pin: Pin, filename: str, *, cache_dir: Path | str | None, local_files_only: bool
+) -> Path:
+    """One file of the pinned commit, from the home's cache when the pin carries its files (as
+    :func:`hub_kwargs` loads), for adapters that read a weight or config file themselves. A file
+    that cannot be had is an :class:`InstrumentError` naming the model, the sha and the file."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    offline = local_files_only or pin_files_cached(cache_dir, pin.model_id, pin.sha, pin.files)
+    try:
+        return Path(hf_hub_download(
+            instrument.id, filename, revision=pin.sha, cache_dir=str(cache_dir) if cache_dir else None,
+            local_files_only=offline,
+        ))  # fmt: skip
+    except (OSError, hf_errors.HfHubHTTPError) as exc:
+        raise InstrumentError(
+            f"{instrument.id}@{pin.sha}: cannot fetch {filename} ({exc}); check the weight_id in roster.toml, the "
+            f"hub endpoint, or the home's hub cache when offline (`awb pin {instrument.id}` puts the pin's files there)"
+        ) from exc
+
+
 def quiet_transformers() -> ModuleType:
     """``transformers``, imported with its load reports (unused towers) and per-tensor progress
     bars silenced: noise in a run's log."""

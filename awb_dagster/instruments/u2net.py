@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of, resolve_device, resolve_dtype
+from awb_dagster.instruments.common import (
+    InstrumentError, pin_provenance, pinned_file, require_pin_of, resolve_device, resolve_dtype,
+)  # fmt: skip
 from awb_dagster.plates.imaging import COLOR_POLICY, COLOR_POLICY_DESCRIPTION, decoder_tag
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
@@ -179,7 +181,9 @@ class ForegroundSegmenter:
         self.instrument, self.pin, self.settings, self.spec = instrument, pin, settings, SPECS[instrument.key]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.weight_file = self._download(cache_dir, local_files_only)
+        self.weight_file = pinned_file(
+            instrument, pin, str(instrument.weight_id), cache_dir=cache_dir, local_files_only=local_files_only
+        )
         self._verify_checksum()
         self.model = u2net_architecture(self.spec.layers)
         try:
@@ -198,21 +202,6 @@ class ForegroundSegmenter:
             f"scale=max:norm=imagenet;dtype={str(self.dtype).removeprefix('torch.')};"
             f"post=d0:minmax:pil-bicubic-to-plate;threshold={settings.threshold};adapter={ADAPTER_VERSION}"
         )
-
-    def _download(self, cache_dir: Path | None, local_files_only: bool) -> Path:
-        from huggingface_hub import errors as hf_errors
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download(
-                self.instrument.id, str(self.instrument.weight_id), revision=self.pin.sha,
-                cache_dir=str(cache_dir) if cache_dir else None, local_files_only=local_files_only,
-            ))  # fmt: skip
-        except (OSError, hf_errors.HfHubHTTPError) as exc:
-            raise InstrumentError(
-                f"{self.instrument.id}@{self.pin.sha}: cannot fetch {self.instrument.weight_id} ({exc}); check the "
-                "weight_id in roster.toml, the hub endpoint, or the home's hub cache when offline"
-            ) from exc
 
     def _verify_checksum(self) -> None:
         """Refuse a weight file whose sha512 is not the one carvekit verifies (when one is declared)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from awb_dagster.constants import EMBEDDING_FAMILIES, SEGMENTATION_FAMILIES, SEMANTIC_FAMILIES
+from awb_dagster.constants import PIN_FAMILIES
 from awb_dagster.paths import REPO_ROOT, HomePaths, resolve_home
 from awb_dagster.provenance.report import format_lineage, text_table
 
@@ -298,14 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         required=True,
-        choices=[*EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, "segment", "tile"],
-        help="an embedding family, sam (SAM and SAM-HQ pins), mask2former (semantic class maps; its "
-        "`other` license needs AWB_LICENSE_OPT_IN), or segment/tile (region embeddings)",
+        choices=[*PIN_FAMILIES, "segment", "tile", "box-masks"],
+        help="a family: its own asset with default settings (an embedding family; sam for SAM and SAM-HQ pins; "
+        "mask2former, whose `other` license needs AWB_LICENSE_OPT_IN; OCR, probes, detections, captions, ...), or "
+        "segment/tile (region embeddings), box-masks (<detector pin>~<sam pin>)",
     )
     p.add_argument(
         "--pin",
         help="pin key (default: the newest pin of the family); for segment: <embedding pin>~<sam pin>, "
-        "for tile: an embedding pin",
+        "for tile: an embedding pin, for box-masks: <detector pin>~<sam pin>",
     )
     p.add_argument("--plates", nargs="+", help="'all' (default) or plate ids")
     p.add_argument("--force", action="store_true", help="recompute pairs already sealed")

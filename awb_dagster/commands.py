@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from awb_dagster.constants import SAM_FAMILIES, SEMANTIC_FAMILIES
+from awb_dagster.constants import EMBEDDING_FAMILIES, SAM_FAMILIES, SEMANTIC_FAMILIES
 from awb_dagster.paths import HomePaths, resolve_home
 from awb_dagster.provenance.report import text_table
 
@@ -179,13 +179,16 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from awb_dagster.assets.factory import job_name
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
+    from awb_dagster.producers import FAMILY_PRODUCERS
     from awb_dagster.runner import (
         fail_runs_of_dead_processes,
         materialize_family,
         materialize_masks,
+        materialize_pin_ranges,
         materialize_regions,
         materialize_semantic,
     )
@@ -196,7 +199,10 @@ def _run(args) -> int:
         print(f"dagster run {run_id}: its process is gone (killed or crashed); marked failed, its gpu slot freed")
     sync_if_instance(paths)
     region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
-    partitions_name = f"{region_scope}_pins" if region_scope else pins_partitions[args.family].name
+    if region_scope or args.family == "box-masks":
+        partitions_name = "box_mask_pins" if args.family == "box-masks" else f"{region_scope}_pins"
+    else:
+        partitions_name = pins_partitions[args.family].name
     pins = instance.get_dynamic_partitions(partitions_name)
     chosen = [args.pin] if args.pin else pins[-1:]
     if not chosen or chosen[0] not in pins:
@@ -216,12 +222,31 @@ def _run(args) -> int:
             runs = materialize_masks(defs, instance, pin_key, plates, config={"force": args.force})
         elif args.family in SEMANTIC_FAMILIES:
             runs = materialize_semantic(defs, instance, pin_key, plates, config={"force": args.force})
-        else:
+        elif args.family in EMBEDDING_FAMILIES:
             runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
+        else:  # every other family's own asset (captions, OCR, probes, detections, box masks, ...), default settings
+            asset = "box_masks" if args.family == "box-masks" else FAMILY_PRODUCERS[args.family].asset_name
+            runs = materialize_pin_ranges(defs, instance, job_name(asset), asset, {"force": args.force}, pin_key, plates)
         for result in runs:
             ok &= result.success
             print(f"{'ok' if result.success else 'FAILED'} {pin_key}: {len(result.plate_ids)} plates, dagster run {result.dagster_run_id}")
+            for reason in [] if result.success else _step_failures(instance, result.dagster_run_id):
+                print(f"  why: {reason}")
     return 0 if ok else 1
+
+
+def _step_failures(instance, run_id: str) -> list[str]:
+    """The error of each failed step of a run, from its event log: the innermost cause (an
+    InstrumentError's message, a dg.Failure's description), not Dagster's wrapper."""
+    import dagster as dg
+
+    reasons = []
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        error = record.dagster_event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        reasons.append(error.message.strip() if error is not None else "(no error recorded)")
+    return reasons
 
 
 def search(args) -> int:

@@ -26,6 +26,11 @@ DETECTION_FAMILIES = ("detr",)
 GROUNDING_FAMILIES = ("grounding-dino",)
 # Foreground priors (seed 5.4: U^2-Net): one figure-vs-paper mask per plate, never semantics.
 FOREGROUND_FAMILIES = ("u2net",)
+# Every family with a plate × pin asset of its own (one ``<family>_pins`` partition each): `awb run --family`.
+PIN_FAMILIES = (
+    *EMBEDDING_FAMILIES, *SEGMENTATION_FAMILIES, *SEMANTIC_FAMILIES, *OCR_FAMILIES, *TEXTURE_FAMILIES, *PROBE_FAMILIES,
+    *DETECTION_FAMILIES, *GROUNDING_FAMILIES, *SCORE_FAMILIES, *CAPTION_FAMILIES, *FOREGROUND_FAMILIES,
+)  # fmt: skip
 GROUP_DETECTION = "detection"
 GROUP_PLATES = "plates"
 GROUP_EMBEDDINGS = "embeddings"

@@ -1,6 +1,7 @@
 """Captioners (seed 10.2): tiny random-weight checkpoints of BLIP, BLIP-2 (OPT and FLAN-T5) and
 Qwen2-VL, served by the loopback hub, pinned and loaded at their sha; the caption contract; memory
-refusal before loading; a changed prompt or decoding is a new tag; blip_captions end to end."""
+refusal before loading, in the adapter and in a Dagster run started by `awb run`; a changed prompt
+or decoding is a new tag; blip_captions end to end."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from demo_homes import make_demo_home
 from PIL import Image, ImageDraw
 
 from awb_dagster.assets.factory import job_name
+from awb_dagster.cli import main
 from awb_dagster.demo.tiny_captioners import CAPTION_DEMO_REPOS, publish_tiny_captioners
 from awb_dagster.instruments import captioner as captioner_module
 from awb_dagster.instruments import memory
@@ -29,6 +31,7 @@ from awb_dagster.registry.roster import RegistryError, load_roster
 from awb_dagster.runner import materialize_pin_ranges
 
 BLIP = "awb-demo/tiny-blip"
+BLIP2_OPT = "Salesforce/blip2-opt-2.7b"  # the real roster row: min_memory_gb = 10 (16-bit weights)
 PROMPTS = PromptRegistry.load()
 
 
@@ -132,11 +135,21 @@ def test_caption_checks_block_bad_records(tmp_path):
     assert all(outcome.checked == 4 for outcome in outcomes.values())
 
 
-def test_blip_captions_end_to_end(pins, loopback_hub, tmp_path_factory):
+@pytest.fixture(scope="module")
+def caption_home(pins, loopback_hub, tmp_path_factory):
+    """One plate; the tiny BLIP, and the real BLIP-2 OPT 2.7b row pinned at a loopback revision that
+    holds the tiny BLIP-2 OPT's files (never loaded: its row's memory need refuses it first)."""
+    from awb_dagster.demo.tiny_captioners import build_tiny_captioner_files
     from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 
-    home = make_demo_home(loopback_hub, tmp_path_factory, "captions", [BLIP],
+    loopback_hub.hub.add_commit(BLIP2_OPT, build_tiny_captioner_files("blip2-opt"), license="mit",
+                                pipeline_tag="image-text-to-text", library_name="transformers")  # fmt: skip
+    return make_demo_home(loopback_hub, tmp_path_factory, "captions", [BLIP, BLIP2_OPT],
                           plate_files=[SAMPLE_PLATES_DIR / "audubon_p026_carolina-parrot.jpg"])  # fmt: skip
+
+
+def test_blip_captions_end_to_end(caption_home):
+    home = caption_home
     pin = home.pins[BLIP]
     asset = "blip_captions"
     runs = [
@@ -144,7 +157,7 @@ def test_blip_captions_end_to_end(pins, loopback_hub, tmp_path_factory):
         for config in ({"max_new_tokens": 4}, {"max_new_tokens": 4, "prompt_id": "caption.detailed"})
     ]
     assert all(run.success for (run,) in runs)
-    pairs = list(home.store.sealed_pairs(pin).values())
+    pairs = [pair for pair in home.store.sealed_pairs(pin).values() if "max_new=4" in pair.preprocess_tag]
     assert len(pairs) == 2 and len({pair.preprocess_tag for pair in pairs}) == 2  # two prompts never share a record
     rows = [row for pair in pairs for row in pq.read_table(pair.artifact_path).to_pylist()]
     assert {row["prompt_id"] for row in rows} == {"caption.plain", "caption.detailed"}
@@ -165,3 +178,40 @@ def test_a_blip2_revision_without_query_tokens_is_refused(pins, loopback_hub, tm
     pin = capture_pin(legacy, endpoint=loopback_hub.endpoint, cache_dir=tmp_path)
     with pytest.raises(InstrumentError, match="needs num_query_tokens in processor_config.json"):
         Captioner(legacy, pin, PROMPTS.get("caption.plain"), device="cpu", cache_dir=tmp_path)
+
+
+def test_memory_refusal_fails_the_dagster_run_of_awb_run_before_loading(caption_home, monkeypatch, capsys):
+    """`awb run --family blip2` on a device (simulated: the memory query answers 8 GiB) below the
+    row's need: the Dagster run fails with the need, dtype, device and its memory in its event log
+    and in awb's output; no weights were loaded and nothing was sealed."""
+    import dagster as dg
+
+    loads = []
+    monkeypatch.setattr(captioner_module, "load_pinned", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    monkeypatch.setattr(memory, "device_memory", lambda device: memory.DeviceMemory(f"{device} (simulated)", 7.5, 8.0))
+    pin = caption_home.pins[BLIP2_OPT]
+    code = main(["run", "--family", "blip2", "--pin", pin, "--device", "cpu", "--home", str(caption_home.paths.root)])
+    out = capsys.readouterr()
+    need = (f"{BLIP2_OPT} needs 20 GiB of free device memory at float32 (roster min_memory_gb 10 for 16-bit weights) "
+            "but device cpu (simulated) has 7.5 GiB free of 8.0 GiB; nothing was loaded")  # fmt: skip
+    assert code == 1 and f"FAILED {pin}: 1 plates, dagster run " in out.out
+    assert f"  why: awb_dagster.instruments.common.InstrumentError: {need}" in out.out  # awb's own line says why
+    run_id = out.out.split("dagster run ")[-1].split()[0]
+    assert caption_home.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    failures = [record.dagster_event for record in caption_home.instance.all_logs(run_id)
+                if record.dagster_event and record.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE]  # fmt: skip
+    assert len(failures) == 1 and need in str(failures[0].step_failure_data.error.to_string())
+    assert loads == []  # the refusal came before any weights were read
+    assert caption_home.store.sealed_pairs(pin) == {}
+
+
+def test_awb_run_materializes_a_caption_family(caption_home, capsys):
+    """`awb run --family blip` runs blip_captions through its Dagster job with the default settings
+    (the family's default prompt, greedy, 40 new tokens) and seals the plate's caption."""
+    pin = caption_home.pins[BLIP]
+    assert main(["run", "--family", "blip", "--device", "cpu", "--home", str(caption_home.paths.root)]) == 0
+    assert f"ok {pin}: 1 plates, dagster run " in capsys.readouterr().out
+    (pair,) = [p for p in caption_home.store.sealed_pairs(pin).values() if "max_new=40" in p.preprocess_tag]
+    (row,) = pq.read_table(pair.artifact_path).to_pylist()
+    assert row["prompt_id"] == "caption.plain" and json.loads(row["decoding"]) == asdict(Decoding(max_new_tokens=40))
+    assert row["plate_id"] == next(iter(caption_home.catalog.plates)) and row["record_id"] in pair.record_ids

@@ -65,7 +65,8 @@ def closed_port() -> int:
 @pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
 def test_tiny_repo_is_deterministic_per_seed(kind: str) -> None:
     files = build_tiny_repo(kind)
-    text = {"tokenizer.json", "tokenizer_config.json"} if kind == "clip" else set()  # the tiny CLIP's text tower (awb search)
+    # The text towers' tokenizers (awb search), as openai/clip-vit-* and google/siglip-* ship them.
+    text = {"clip": {"tokenizer.json", "tokenizer_config.json"}, "siglip": {"spiece.model", "tokenizer_config.json"}}.get(kind, set())
     assert set(files) == {"config.json", "model.safetensors", "preprocessor_config.json", *text}
     assert build_tiny_repo(kind) == files
     assert build_tiny_repo(kind, seed=1)["model.safetensors"] != files["model.safetensors"]

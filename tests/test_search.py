@@ -1,7 +1,7 @@
-"""Text-to-plate search and zero-shot labels (issue 11) on the tiny CLIP: `awb search` ranks the
-plates by the pinned text tower against the SEALED image embeddings and each hit's record id resolves
-through lineage; the zero-shot label asset reads those records, names them, and a changed label
-template is a new tag."""
+"""Text-to-plate search and zero-shot labels (issue 11) on the tiny CLIP and SigLIP: `awb search` ranks
+the plates by the pinned text tower against the SEALED image embeddings (made by `awb run`, through
+Dagster) and each hit's record id resolves through lineage; the zero-shot label asset reads those
+records, names them, and a changed label template is a new tag."""
 
 from __future__ import annotations
 
@@ -22,14 +22,16 @@ from awb_dagster.runner import materialize_family, materialize_pin_ranges
 from demo_homes import DemoHome, make_demo_home
 
 CLIP = "awb-demo/tiny-clip"
+SIGLIP = "awb-demo/tiny-siglip"  # its head carries spiece.model (SiglipTokenizer), as google/siglip-* do
 
 
 @pytest.fixture(scope="module")
 def clip_home(loopback_hub, tmp_path_factory) -> DemoHome:
-    home = make_demo_home(loopback_hub, tmp_path_factory, "search", [CLIP])
+    home = make_demo_home(loopback_hub, tmp_path_factory, "search", [CLIP, SIGLIP])
     # As `awb pin` and `awb demo` do: every file of the pin in the home's cache (the tokenizer too).
-    capture_pin(Registry.load(lock_path=home.paths.lock).get(CLIP).instrument, endpoint=loopback_hub.endpoint,
-                cache_dir=home.paths.hf_cache)  # fmt: skip
+    for repo in (CLIP, SIGLIP):
+        capture_pin(Registry.load(lock_path=home.paths.lock).get(repo).instrument, endpoint=loopback_hub.endpoint,
+                    cache_dir=home.paths.hf_cache)  # fmt: skip
     return home
 
 
@@ -76,6 +78,46 @@ def test_search_ranks_plates_by_sealed_records_that_resolve_through_lineage(clip
     result = search_home(clip_home.paths, "a plate of a bird", k=len(clip_home.catalog.plates))
     assert result.plates == len(clip_home.catalog.plates) and len(result.hits) == result.plates
     assert [h.record_id for h in result.hits[:3]] == [row[3] for row in rows]
+
+
+def test_siglip_search_after_awb_run_scores_by_the_models_own_text_embedding(clip_home, capsys):
+    """The tiny SigLIP embedded by `awb run` (its Dagster job), then `awb search --pin`: each printed
+    score is the cosine of a sealed image vector with SiglipModel's own text embedding (its forward
+    pass, the text padded to max_length as the model card does), the hits follow that order, and
+    each record id resolves through lineage to its plate and the pin."""
+    import torch
+    from huggingface_hub import snapshot_download
+    from transformers import AutoTokenizer, SiglipModel
+
+    pin, root, text = clip_home.pins[SIGLIP], str(clip_home.paths.root), "a heron wading in water"
+    assert main(["run", "--family", "siglip", "--pin", pin, "--home", root]) == 0
+    assert f"ok {pin}: {len(clip_home.catalog.plates)} plates, dagster run" in capsys.readouterr().out
+    code, out, err = search(capsys, clip_home, text, "--pin", pin, "--k", str(len(clip_home.catalog.plates)))
+    assert code == 0, err
+    assert "tok=SiglipTokenizer;pad=max_length:16" in out and f"{pin} ({SIGLIP})" in out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    assert [row[1] for row in rows] and sorted(row[1] for row in rows) == sorted(clip_home.catalog.plates)
+
+    sealed = {}  # record id -> (plate id, raw sealed image vector)
+    for pair in clip_home.store.sealed_pairs(pin).values():
+        for row in pq.read_table(pair.artifact_path, columns=["record_id", "plate_id", "vector"]).to_pylist():
+            sealed[row["record_id"]] = (row["plate_id"], np.asarray(row["vector"], dtype=np.float64))
+    sha = PinLock.load(clip_home.paths.lock).find_key(pin).sha
+    folder = snapshot_download(SIGLIP, revision=sha, cache_dir=clip_home.paths.hf_cache, local_files_only=True)
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), SiglipModel.from_pretrained(folder).eval()
+    tokens = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    assert set(tokens) == {"input_ids"}  # as google/siglip-* tokenizers: no attention mask
+    with torch.inference_mode():
+        text_embed = model(**tokens, pixel_values=torch.zeros(1, 3, 32, 32)).text_embeds[0].double().numpy()
+    expected = []
+    for rank, plate_id, score, record_id in rows:
+        sealed_plate, vector = sealed[record_id]  # a sealed record, not a recomputed vector
+        cosine = float(vector @ text_embed / np.linalg.norm(vector) / np.linalg.norm(text_embed))
+        assert sealed_plate == plate_id and abs(float(score) - cosine) < 2e-4, (rank, plate_id, score, cosine)
+        expected.append(cosine)
+        info = lineage(clip_home.store, record_id)
+        assert info["plate"]["plate_id"] == plate_id and info["model"]["pin_key"] == pin
+    assert all(a >= b - 1e-5 for a, b in zip(expected, expected[1:]))  # ranked by that cosine, best first
 
 
 def test_a_changed_label_template_is_a_new_tag_and_fails_the_sha_check(tmp_path):
@@ -128,38 +170,10 @@ def test_zero_shot_labels_read_the_sealed_embeddings_through_dagster(clip_home, 
     assert {p.run_id for p in clip_home.store.sealed_pairs(zeroshot_pair_key(pin)).values()} == {p.run_id for p in pairs}
 
 
-def _tiny_siglip_with_tokenizer(folder) -> dict[str, bytes]:
-    """The tiny SigLIP plus a tiny SentencePiece tokenizer in google/siglip-*'s layout (spiece.model,
-    tokenizer_config.json of a SiglipTokenizer). Needs the sentencepiece package to build and to load."""
-    import io
-
-    import sentencepiece as spm
-    from transformers import SiglipTokenizer
-
-    from awb_dagster.demo.checkpoints import build_tiny_repo
-
-    words = "a plate of the bird heron wading in water pair flight prey flowering plants ground nest eggs engraving".split()
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))), encoding="utf-8")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(  # T5/SigLIP ids: 0 <pad>, 1 </s>, 2 <unk>
-        input=str(corpus), model_writer=model, vocab_size=40, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
-        bos_id=-1, character_coverage=1.0, minloglevel=2,
-    )  # fmt: skip
-    (folder / "spiece.model").write_bytes(model.getvalue())
-    out = folder / "repo"
-    SiglipTokenizer(str(folder / "spiece.model"), model_max_length=16).save_pretrained(str(out))
-    return {**build_tiny_repo("siglip"), **{p.name: p.read_bytes() for p in out.iterdir()}}
-
-
 def _tower(family: str, loopback_hub, tmp_path):
     from awb_dagster.instruments.text_tower import TextTower
 
     instrument = Registry.load().get(f"awb-demo/tiny-{family}").instrument
-    if family == "siglip":  # under its own id: the session hub's demo heads stay as they are
-        pytest.importorskip("sentencepiece", reason="SigLIP's tokenizer (spiece.model) needs sentencepiece")
-        instrument = dataclasses.replace(instrument, id="awb-test/tiny-siglip-text", key="test-tiny-siglip-text")
-        loopback_hub.hub.add_commit(instrument.id, _tiny_siglip_with_tokenizer(tmp_path), license="apache-2.0")
     pin = capture_pin(instrument, endpoint=loopback_hub.endpoint, cache_dir=tmp_path / "hf")
     return TextTower(instrument, pin, device="cpu", cache_dir=tmp_path / "hf", local_files_only=True)
 

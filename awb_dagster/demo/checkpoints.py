@@ -20,7 +20,7 @@ from awb_dagster.demo.tiny_aesthetic_v1 import tiny_aesthetic_v1_files
 from awb_dagster.demo.tiny_birder import tiny_birder_files
 from awb_dagster.demo.tiny_grounding import tiny_grounding_dino
 from awb_dagster.demo.tiny_u2net import tiny_u2net_files
-from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer
+from awb_dagster.demo.tiny_text import save_tiny_clip_tokenizer, save_tiny_siglip_tokenizer
 
 if TYPE_CHECKING:
     from awb_dagster.demo.hub import LoopbackHub
@@ -303,6 +303,9 @@ _FILE_BUILDERS: dict[CheckpointKind, Callable[[], dict[str, bytes]]] = {
     "open-clip": tiny_open_clip_files, "biomedclip": tiny_biomedclip_files,
     "birder-classifier": tiny_birder_files, "aesthetic-v1": tiny_aesthetic_v1_files,
 }  # fmt: skip
+# Kinds whose text tower needs a tokenizer (awb search, zero-shot labels): openai/clip-vit-*'s
+# CLIPTokenizer, google/siglip-*'s SiglipTokenizer over spiece.model.
+_TOKENIZERS: dict[CheckpointKind, Callable[[Path], None]] = {"clip": save_tiny_clip_tokenizer, "siglip": save_tiny_siglip_tokenizer}
 _LIBRARIES: dict[CheckpointKind, str | None] = {
     "aesthetic-mlp": None, "u2net": None, "open-clip": "open_clip", "biomedclip": "open_clip", "birder-classifier": "birder",
 }  # fmt: skip
@@ -310,7 +313,7 @@ _LIBRARIES: dict[CheckpointKind, str | None] = {
 
 def build_tiny_repo(kind: CheckpointKind, seed: int = 0, *, tokenizer: bool = True) -> dict[str, bytes]:
     """Return the files of a tiny ``kind`` checkpoint (file name -> bytes), deterministic for ``seed``
-    (``tokenizer=False``: the tiny CLIP without its text tower's tokenizer, as first published)."""
+    (``tokenizer=False``: the tiny CLIP or SigLIP without its text tower's tokenizer, as first published)."""
     import torch
 
     if kind in _FILE_BUILDERS:  # not transformers models: their own files
@@ -325,8 +328,8 @@ def build_tiny_repo(kind: CheckpointKind, seed: int = 0, *, tokenizer: bool = Tr
     with tempfile.TemporaryDirectory(prefix=f"awb-tiny-{kind}-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if kind == "clip" and tokenizer:  # the text tower's tokenizer, as openai/clip-vit-* ship it (awb search)
-            save_tiny_clip_tokenizer(Path(tmp))
+        if kind in _TOKENIZERS and tokenizer:  # the text tower's tokenizer, as the real repos ship it (awb search)
+            _TOKENIZERS[kind](Path(tmp))
         return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
 
 
@@ -335,8 +338,9 @@ def publish_demo_repos(
 ) -> dict[str, str]:
     """Commit the demo repos (every one, or those in ``only``) to ``hub``; return repo id -> head sha.
 
-    With seed 0 the tiny CLIP gets two revisions: the image side as first published (homes sealed
-    before, such as tests/fixtures/pre_engine_store, name it), then the same files plus the tokenizer."""
+    With seed 0 the tiny CLIP and SigLIP get two revisions each: the image side as first published
+    (homes sealed before, such as tests/fixtures/pre_engine_store, name it), then the same files plus
+    the text tower's tokenizer."""
     wanted = set(DEMO_REPOS if only is None else only)
     heads = {}
     for repo_id, kind in DEMO_REPOS.items():
@@ -344,7 +348,7 @@ def publish_demo_repos(
             continue
         card = {"license": DEMO_REPO_LICENSES.get(repo_id, DEMO_LICENSE), "pipeline_tag": DEMO_PIPELINE_TAGS[kind],
                 "library_name": _LIBRARIES.get(kind, "transformers")}  # fmt: skip
-        if kind == "clip" and seed == 0:
+        if kind in _TOKENIZERS and seed == 0:
             hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed, tokenizer=False), **card)
         heads[repo_id] = hub.add_commit(repo_id, build_tiny_repo(kind, seed=seed), **card)
     return heads

@@ -30,3 +30,43 @@ def save_tiny_clip_tokenizer(folder: Path) -> None:
 
     tokenizer = CLIPTokenizer(vocab=tiny_clip_vocab(), merges=list(_MERGES), model_max_length=MAX_LENGTH)
     tokenizer.save_pretrained(str(folder))
+
+
+# The tiny SigLIP's SentencePiece vocabulary is trained on these words (a few plate-caption words).
+_SIGLIP_WORDS = (
+    "a plate of the bird heron wading in water pair flight prey flowering plants ground nest eggs engraving"
+).split()
+SIGLIP_VOCAB_SIZE = 40  # below the tiny SigLIP text tower's 99 embeddings
+
+
+def tiny_siglip_spiece() -> bytes:
+    """A tiny SentencePiece unigram model in the ids of ``google/siglip-*``'s ``spiece.model``
+    (0 ``<pad>``, 1 ``</s>``, 2 ``<unk>``, no ``<s>``). Trained from an in-memory corpus, one thread:
+    the same bytes every time (a file path or a thread race would change the commit sha)."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [" ".join(_SIGLIP_WORDS[i:] + _SIGLIP_WORDS[:i]) for i in range(len(_SIGLIP_WORDS))]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=SIGLIP_VOCAB_SIZE, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
+        normalization_rule_name="identity", minloglevel=2,
+    )  # fmt: skip
+    return model.getvalue()
+
+
+def save_tiny_siglip_tokenizer(folder: Path) -> None:
+    """Write the tiny SigLIP tokenizer's files into ``folder``, as ``google/siglip-*`` ship them:
+    transformers' SigLIP conversion (convert_siglip_to_hf.py) saves ``SiglipTokenizer`` over
+    ``spiece.model`` with ``model_input_names=["input_ids"]`` (no attention mask: the original
+    model attends to the padding too). Needs the sentencepiece package (a dependency)."""
+    import tempfile
+
+    from transformers import SiglipTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="awb-tiny-spiece-") as tmp:
+        vocab = Path(tmp) / "spiece.model"
+        vocab.write_bytes(tiny_siglip_spiece())
+        SiglipTokenizer(str(vocab), model_input_names=["input_ids"], model_max_length=MAX_LENGTH).save_pretrained(str(folder))

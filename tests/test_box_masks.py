@@ -154,12 +154,20 @@ def test_segment_lineage_runs_to_the_box_prompt_and_detector_pin(home, chain):
     assert positions == sorted(positions), text
 
 
-def test_a_plate_without_sealed_boxes_fails_naming_the_detector_asset(home, chain):
+def test_a_plate_without_sealed_boxes_fails_naming_the_detector_asset(home, chain, capsys):
+    """Through `awb run --family box-masks`: the run fails, its event log and awb's `why:` line
+    name the detector asset to materialize."""
+    from awb_dagster.cli import main
+
     last = list(home.instance.get_dynamic_partitions("plates"))[-1]
-    (run,) = _run(home, "box_masks", chain["box_key"], [last])
-    assert not run.success
+    argv = ["run", "--family", "box-masks", "--pin", chain["box_key"], "--plates", last, "--home", str(home.paths.root)]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"FAILED {chain['box_key']}: 1 plates, dagster run " in out
+    run_id = out.split("dagster run ")[-1].split()[0]
     failure = next(
-        e for e in home.instance.all_logs(run.dagster_run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        e for e in home.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     ).dagster_event.step_failure_data.user_failure_data.description
-    assert f"no sealed grounding_dino_detections box records for plate {last}" in failure
-    assert f"materialize grounding_dino_detections for partition {chain['detector']}|{last}" in failure
+    for text in (failure, out):
+        assert f"no sealed grounding_dino_detections box records for plate {last}" in text
+        assert f"materialize grounding_dino_detections for partition {chain['detector']}|{last}" in text

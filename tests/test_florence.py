@@ -4,14 +4,25 @@ each text task token is its own asset whose sealed records carry its prompt and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, replace
 
 import pyarrow.parquet as pq
 import pytest
 from demo_homes import make_demo_home
+from PIL import Image
 
 from awb_dagster.assets.factory import job_name
+from awb_dagster.demo.florence_layout import (
+    PUBLISHED,
+    REAL_SIZES,
+    config_json,
+    generation_config_json,
+    preprocessor_config_json,
+    processor_config_json,
+    tokenizer_files,
+)
 from awb_dagster.demo.tiny_florence import FLORENCE_DEMO_REPO, build_tiny_florence_files, publish_tiny_florence
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.florence import florence_task
@@ -21,27 +32,59 @@ from awb_dagster.registry.prompts import Decoding, PromptRegistry
 from awb_dagster.runner import materialize_pin_ranges
 
 PROMPTS = PromptRegistry.load()
-# The files of florence-community/Florence-2-large@4271c66 (README.md aside) and, by their sha256,
-# of Florence-2-base@00921df: what the tiny repo must carry for the same loading code to be exercised.
-CONVERTED_REPO_FILES = {
-    "added_tokens.json", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
-    "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "tokenizer.json",
-    "tokenizer_config.json", "vocab.json",
-}  # fmt: skip
+# The files of both converted repos (README.md aside): what the tiny repo must carry for the same
+# loading code to be exercised.
+CONVERTED_REPO_FILES = set(PUBLISHED["florence-community/Florence-2-large"]["files"])
 
 
-def test_tiny_florence_has_the_converted_repos_layout():
-    files = build_tiny_florence_files()
-    assert set(files) == CONVERTED_REPO_FILES
-    config, generation = json.loads(files["config.json"]), json.loads(files["generation_config.json"])
-    assert config["model_type"] == "florence2" and config["text_config"]["model_type"] == "bart"
-    assert config["vision_config"]["model_type"] == "florence_vision" and config["text_config"]["vocab_size"] % 64 == 0
-    assert {k: generation[k] for k in ("decoder_start_token_id", "forced_bos_token_id", "num_beams", "no_repeat_ngram_size")} == {
-        "decoder_start_token_id": 2, "forced_bos_token_id": 0, "num_beams": 3, "no_repeat_ngram_size": 3}  # fmt: skip
-    tokenizer = json.loads(files["tokenizer_config.json"])
-    assert tokenizer["tokenizer_class"] == "BartTokenizer" and tokenizer["extra_special_tokens"] == {"image_token": "<image>"}
-    assert set(json.loads(files["processor_config.json"])["post_processor_config"]) >= {"pure_text", "ocr"}
-    assert json.loads(files["preprocessor_config.json"])["image_processor_type"] == "CLIPImageProcessor"
+@pytest.fixture(scope="module")
+def tiny_files() -> dict[str, bytes]:
+    return build_tiny_florence_files()
+
+
+def real_small_files(size: str) -> dict[str, bytes]:
+    """The converted repos' small files as florence_layout writes them with the real values."""
+    return {"config.json": config_json(REAL_SIZES[size]), "generation_config.json": generation_config_json(),
+            "preprocessor_config.json": preprocessor_config_json(), "processor_config.json": processor_config_json(),
+            **tokenizer_files()}  # fmt: skip
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_the_layout_writer_reproduces_the_published_files(size):
+    published = PUBLISHED[f"florence-community/Florence-2-{size}"]
+    written = real_small_files(size)
+    assert {name: hashlib.sha256(data).hexdigest() for name, data in written.items()} == {
+        name: published["files"][name] for name in written}  # fmt: skip
+
+
+def test_the_published_files_load_natively(tiny_files, tmp_path):
+    """The real config.json of both repos builds the installed transformers' Florence2 model with the
+    published parameter count; the real processor files (with their auto_map to remote code) load
+    into the native Florence2Processor: 768x768 pixels, 577 image tokens, no remote code."""
+    import torch
+    from transformers import Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    for size in ("base", "large"):
+        config = Florence2Config.from_dict(json.loads(real_small_files(size)["config.json"]))
+        with torch.device("meta"):
+            model = Florence2ForConditionalGeneration(config)
+        assert sum(p.numel() for p in model.parameters()) == PUBLISHED[f"florence-community/Florence-2-{size}"]["parameters"]
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes(tiny_files[name])
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        (tmp_path / name).write_bytes(real_small_files("large")[name])
+    processor = Florence2Processor.from_pretrained(tmp_path)
+    inputs = processor(text="<CAPTION>", images=Image.new("RGB", (90, 120)), return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 768, 768) and processor.num_image_tokens == 577
+    assert (inputs["input_ids"] == processor.image_token_id).sum() == 577
+
+
+def test_tiny_florence_has_the_converted_repos_layout(tiny_files):
+    assert set(tiny_files) == CONVERTED_REPO_FILES
+    config = json.loads(tiny_files["config.json"])
+    added = json.loads(tiny_files["added_tokens.json"])
+    assert config["image_token_id"] == added["<image>"] == max(added.values())  # <image> added last, as converted
+    assert config["text_config"]["vocab_size"] % 64 == 0 and config["text_config"]["vocab_size"] > added["<image>"]
 
 
 def test_only_florence_text_task_tokens_are_florence_prompts():
@@ -56,10 +99,10 @@ def test_only_florence_text_task_tokens_are_florence_prompts():
             florence_task(bad)
 
 
-def test_each_florence_task_is_its_own_sealed_instrument(loopback_hub, tmp_path_factory):
+def test_each_florence_task_is_its_own_sealed_instrument(loopback_hub, tmp_path_factory, tiny_files):
     from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
 
-    publish_tiny_florence(loopback_hub.hub)
+    publish_tiny_florence(loopback_hub.hub, files=tiny_files)
     home = make_demo_home(loopback_hub, tmp_path_factory, "florence", [FLORENCE_DEMO_REPO],
                           plate_files=[SAMPLE_PLATES_DIR / "audubon_p026_carolina-parrot.jpg"])  # fmt: skip
     pin = home.pins[FLORENCE_DEMO_REPO]

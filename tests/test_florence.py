@@ -28,6 +28,7 @@ from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.florence import florence_task
 from awb_dagster.producers.florence_tasks import FLORENCE_TASK_PRODUCERS, TASK_PROMPTS
 from awb_dagster.provenance.caption_records import florence_pair_key
+from awb_dagster.registry.model import Registry
 from awb_dagster.registry.prompts import Decoding, PromptRegistry
 from awb_dagster.runner import materialize_pin_ranges
 
@@ -122,3 +123,19 @@ def test_each_florence_task_is_its_own_sealed_instrument(loopback_hub, tmp_path_
         tags.add(row["preprocess_tag"])
     assert len(tags) == len(FLORENCE_TASK_PRODUCERS)  # four instruments, never one record for two tasks
     assert not home.store.sealed_pairs(pin)  # nothing sealed under the bare pin: every task keeps its own pairs
+
+
+def test_florence_large_refuses_a_small_device_before_loading(monkeypatch):
+    from awb_dagster.instruments import captioner as captioner_module
+    from awb_dagster.instruments import memory
+    from awb_dagster.instruments.captioner import Captioner
+    from awb_dagster.registry.lock import Pin
+
+    monkeypatch.setattr(captioner_module, "load_pinned", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(memory, "device_memory", lambda device: memory.DeviceMemory(f"{device} (fake 4 GiB)", 4.0, 4.0))
+    large = Registry.load().get("florence-2-large").instrument
+    pin = Pin(model_id=large.id, sha=PUBLISHED[large.id]["revision"], revision_requested="main", pipeline_tag="image-text-to-text",
+              library_name="transformers", license="mit", gated=False, config={}, output_dim=None, input_size=None,
+              pinned_at="2026-11-30T00:00:00+00:00", endpoint="https://huggingface.co", instrument_key=large.key)  # fmt: skip
+    with pytest.raises(InstrumentError, match="florence-community/Florence-2-large needs 6 GiB of free device memory at float32"):
+        Captioner(large, pin, PROMPTS.get("florence.ocr"), device="cpu", dtype="float32")

@@ -4,8 +4,10 @@
 Record (:func:`caption_schema`): ``text`` (what the model generated after the prompt, special
 tokens dropped; empty only with ``empty_reason``), ``prompt_id`` / ``prompt_version`` /
 ``prompt_sha256`` (the registry prompt), ``decoding`` (JSON of the declared parameters: method,
-num_beams, max_new_tokens, temperature, seed), ``token_ids`` (generated, special tokens excluded)
-and ``token_count``. A weak label: never written over the plate's identity fields.
+num_beams, max_new_tokens, temperature, seed), ``token_ids`` (generated, special tokens excluded;
+Florence-2: only the sequence framing excluded, its ``<loc_N>`` tokens being answer content) and
+``token_count``. A weak label: never written over the plate's identity fields. Florence-2's tasks
+seal under :func:`florence_pair_key`, one pair key per task.
 """
 
 from __future__ import annotations

@@ -183,7 +183,6 @@ def _run(args) -> int:
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
     from awb_dagster.partitions import pins_partitions
-    from awb_dagster.producers import FAMILY_PRODUCERS
     from awb_dagster.runner import (
         fail_runs_of_dead_processes,
         materialize_family,
@@ -225,14 +224,27 @@ def _run(args) -> int:
         elif args.family in EMBEDDING_FAMILIES:
             runs = materialize_family(defs, instance, args.family, pin_key, plates, force=args.force)
         else:  # every other family's own asset (captions, OCR, probes, detections, box masks, ...), default settings
-            asset = "box_masks" if args.family == "box-masks" else FAMILY_PRODUCERS[args.family].asset_name
-            runs = materialize_pin_ranges(defs, instance, job_name(asset), asset, {"force": args.force}, pin_key, plates)
+            runs = []
+            for asset in _family_assets(args.family):  # Florence-2: one asset per task prompt
+                runs += materialize_pin_ranges(defs, instance, job_name(asset), asset, {"force": args.force}, pin_key, plates)
         for result in runs:
             ok &= result.success
             print(f"{'ok' if result.success else 'FAILED'} {pin_key}: {len(result.plate_ids)} plates, dagster run {result.dagster_run_id}")
             for reason in [] if result.success else _step_failures(instance, result.dagster_run_id):
                 print(f"  why: {reason}")
     return 0 if ok else 1
+
+
+def _family_assets(family: str) -> list[str]:
+    """The assets `awb run --family` materializes for a family with its own producer(s)."""
+    from awb_dagster.producers import FAMILY_PRODUCERS
+    from awb_dagster.producers.florence_tasks import FLORENCE_TASK_PRODUCERS
+
+    if family == "box-masks":
+        return ["box_masks"]
+    if family in FAMILY_PRODUCERS:
+        return [FAMILY_PRODUCERS[family].asset_name]
+    return [producer.asset_name for producer in FLORENCE_TASK_PRODUCERS if producer.family == family]
 
 
 def _step_failures(instance, run_id: str) -> list[str]:

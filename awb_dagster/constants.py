@@ -10,7 +10,7 @@ SEMANTIC_FAMILIES = ("mask2former",)
 OCR_FAMILIES = ("tesseract", "trocr")
 GROUP_TEXT = "text"
 # Captioners and VLMs (seed 10.2): one caption per plate × pin with a registry prompt and declared decoding.
-CAPTION_FAMILIES = ("blip", "blip2", "qwen2-vl")
+CAPTION_FAMILIES = ("blip", "blip2", "florence2", "qwen2-vl")
 # ConvNet texture baselines (torchvision weights pinned by file): pooled features join the atlas.
 TEXTURE_FAMILIES = ("convnet",)
 # Classifier probes (seed 7.3, 7.4, 7.5): logits with label names, measured axes, never authority.

@@ -19,6 +19,7 @@ def test_asset_keys():
         "segment_embeddings", "tile_embeddings", "semantic_segmentation", "convnet_embeddings",
         "wikiart_logits", "emotion_logits", "aesthetic_scores", "probe_axes", "ocr_text", "trocr_lines", "detr_detections", "grounding_dino_detections",
         "blip_captions", "blip2_captions", "qwen2_vl_captions", "foreground_masks",
+        "florence2_caption", "florence2_detailed_caption", "florence2_more_detailed_caption", "florence2_ocr",
         "clip_zeroshot_labels", "siglip_zeroshot_labels",
         "box_masks",
         "aimv2_embeddings", "biomedclip_embeddings",

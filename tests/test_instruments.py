@@ -7,6 +7,7 @@ import pytest
 
 from awb_dagster.demo.checkpoints import DEMO_REPOS
 from awb_dagster.demo.tiny_captioners import CAPTION_DEMO_REPOS
+from awb_dagster.demo.tiny_florence import FLORENCE_DEMO_REPO
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.embedding import ImageEmbedder
 from awb_dagster.instruments.streaming import prefetch_batches
@@ -91,4 +92,4 @@ def test_prefetch_keeps_order_bounds_memory_and_reports_errors():
 
 def test_demo_repos_are_the_registry_demo_instruments():
     registry = Registry.load()
-    assert {e.instrument.id for e in registry.entries if e.instrument.demo} == set(DEMO_REPOS) | set(CAPTION_DEMO_REPOS)
+    assert {e.instrument.id for e in registry.entries if e.instrument.demo} == set(DEMO_REPOS) | set(CAPTION_DEMO_REPOS) | {FLORENCE_DEMO_REPO}

@@ -1,5 +1,5 @@
-"""Captioners and VLMs (seed 10.2): BLIP, BLIP-2 (OPT and FLAN-T5) and Qwen2-VL caption a whole
-plate with one caption prompt of the prompt registry and declared decoding parameters. No Dagster.
+"""Captioners and VLMs (seed 10.2): BLIP, BLIP-2 (OPT and FLAN-T5), Florence-2 and Qwen2-VL caption
+a whole plate with one prompt of the prompt registry and declared decoding parameters. No Dagster.
 
 Each family loads through its transformers classes at the pinned sha, weights through safetensors,
 no remote code (:data:`ARCHITECTURES`). A roster row that declares ``min_memory_gb`` is refused
@@ -7,9 +7,11 @@ before anything loads on a device with less free memory (:func:`~awb_dagster.ins
 
 Prompt use follows each model's published recipe: BLIP and BLIP-2 take the template as text the
 model continues or answers (BLIP-2's processor puts its ``<image>`` query tokens in front); Qwen2-VL
-takes it as the user turn of its own chat template, after the image. ``text`` is what the model
-generated after the prompt, decoded without special tokens; ``token_ids`` are those generated ids
-that are not special tokens and ``token_count`` their number.
+takes it as the user turn of its own chat template, after the image; Florence-2 takes one task token
+(:mod:`awb_dagster.instruments.florence`). ``text`` is what the model generated after the prompt,
+decoded without special tokens; ``token_ids`` are those generated ids that are not special tokens and
+``token_count`` their number. Florence-2's text is its processor's ``post_process_generation`` answer
+for the task, whose ``<loc_N>`` tokens are content: only the sequence framing is dropped there.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from awb_dagster.instruments.common import (
     resolve_dtype,
     size_text,
 )
+from awb_dagster.instruments.florence import florence_answer, florence_task
 from awb_dagster.instruments.memory import require_memory
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.prompts import Decoding, Prompt
@@ -51,6 +54,7 @@ class Architecture:
 ARCHITECTURES = {
     "blip": Architecture("BlipProcessor", "BlipForConditionalGeneration", chat=False),
     "blip2": Architecture("Blip2Processor", "Blip2ForConditionalGeneration", chat=False),
+    "florence2": Architecture("Florence2Processor", "Florence2ForConditionalGeneration", chat=False),
     "qwen2-vl": Architecture("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration", chat=True),
 }
 
@@ -79,7 +83,8 @@ class Captioner:
     ):
         if instrument.family not in ARCHITECTURES:
             raise InstrumentError(f"{instrument.id}: family {instrument.family!r} is not run by the captioner adapter")
-        if prompt.task != "caption" or prompt.labels:
+        self.task = florence_task(prompt) if instrument.family == "florence2" else None
+        if self.task is None and (prompt.task != "caption" or prompt.labels):
             raise InstrumentError(f"prompt {prompt.id} is a {prompt.task!r} prompt; a captioner takes one 'caption' prompt")
         require_pin_of(instrument, pin, InstrumentError)
         self.instrument, self.pin, self.prompt, self.decoding = instrument, pin, prompt, decoding
@@ -110,6 +115,9 @@ class Captioner:
                                   "image_std": image_processor.image_std})  # fmt: skip
         if self.architecture.chat:
             spec["chat"] = "processor-chat-template"
+        if self.task is not None:  # Florence-2: CLIPImageProcessor to a fixed square, no crop in the converted repos
+            spec["crop"] = size_text(dict(image_processor.crop_size)) if image_processor.do_center_crop else "none"
+            spec["task"] = f"{self.task}+post_process_generation"
         return spec
 
     def describe(self) -> dict[str, Any]:
@@ -118,6 +126,9 @@ class Captioner:
             "preprocess": self.preprocess_spec,
             "prompt": {**self.prompt.record(), "template": self.prompt.template},
             "decoding": asdict(self.decoding),
+            # the pinned generation_config.json's settings the declared decoding leaves in force (e.g. Florence-2's
+            # no_repeat_ngram_size and forced <s>/</s>): part of the pin, shown here
+            "generation_config": self.model.generation_config.to_diff_dict(),
             "preprocess_tag": self.preprocess_tag,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -136,8 +147,8 @@ class Captioner:
         length = inputs["input_ids"].shape[1]
         if self.instrument.family == "blip":
             echoed = length - 1  # BLIP's generate starts from its [DEC] token and drops the trailing [SEP]
-        elif self.instrument.family == "blip2" and not self.model.config.use_decoder_only_language_model:
-            echoed = 0  # FLAN-T5: the prompt goes to the encoder, the decoder output is all new
+        elif self.task is not None or (self.instrument.family == "blip2" and not self.model.config.use_decoder_only_language_model):
+            echoed = 0  # Florence-2, FLAN-T5: the prompt goes to the encoder, the decoder output is all new
         else:
             echoed = length
         return inputs, echoed
@@ -149,10 +160,13 @@ class Captioner:
         inputs = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(self.decoding.seed)  # only sampling draws from it; greedy and beam ignore it
         generated = self.model.generate(**inputs, **self.decoding.generate_kwargs())[0, echoed:]
-        tokenizer = self.processor.tokenizer
-        special = set(tokenizer.all_special_ids)
-        ids = tuple(int(token) for token in generated.tolist() if int(token) not in special)
-        text = tokenizer.decode(generated, skip_special_tokens=True).strip()
+        if self.task is not None:
+            text, ids = florence_answer(self.processor, generated.tolist(), self.task, image)
+        else:
+            tokenizer = self.processor.tokenizer
+            special = set(tokenizer.all_special_ids)
+            ids = tuple(int(token) for token in generated.tolist() if int(token) not in special)
+            text = tokenizer.decode(generated, skip_special_tokens=True).strip()
         reason = None
         if not text:
             reason = (

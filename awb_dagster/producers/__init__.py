@@ -14,6 +14,7 @@ from awb_dagster.producers.convnets import ConvNetProducer
 from awb_dagster.producers.detections import DETECTION_PRODUCERS
 from awb_dagster.producers.grounding import GroundingProducer
 from awb_dagster.producers.embeddings import EMBEDDING_PRODUCERS
+from awb_dagster.producers.florence_tasks import FLORENCE_TASK_PRODUCERS
 from awb_dagster.producers.foreground import ForegroundProducer
 from awb_dagster.producers.ocr import OcrProducer
 from awb_dagster.producers.trocr_lines import TrocrProducer
@@ -54,7 +55,8 @@ FAMILY_PRODUCERS: dict[str, Producer] = {
 def producers_for(families: Iterable[str]) -> list[Producer]:
     """The producers of the roster's ``families``, each once, in a stable order; region assets
     (tiles of every embedding pin, segments of every embedding × SAM pin pair) and the zero-shot
-    labels of every CLIP/SigLIP pin (its own text tower) come with them."""
+    labels of every CLIP/SigLIP pin (its own text tower) come with them; Florence-2 pins run one asset
+    per text task."""
     present = set(families)
     chosen: list[Producer] = []
     for family, producer in FAMILY_PRODUCERS.items():
@@ -70,4 +72,5 @@ def producers_for(families: Iterable[str]) -> list[Producer]:
             chosen.append(_SEGMENTS_OF_BOXES if box_masks else _SEGMENTS)
         chosen.append(_TILES)
     chosen += [producer for producer in ZEROSHOT_PRODUCERS if producer.family in present]
+    chosen += [producer for producer in FLORENCE_TASK_PRODUCERS if producer.family in present]  # one asset per task
     return chosen

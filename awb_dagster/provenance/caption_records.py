@@ -4,8 +4,10 @@
 Record (:func:`caption_schema`): ``text`` (what the model generated after the prompt, special
 tokens dropped; empty only with ``empty_reason``), ``prompt_id`` / ``prompt_version`` /
 ``prompt_sha256`` (the registry prompt), ``decoding`` (JSON of the declared parameters: method,
-num_beams, max_new_tokens, temperature, seed), ``token_ids`` (generated, special tokens excluded)
-and ``token_count``. A weak label: never written over the plate's identity fields.
+num_beams, max_new_tokens, temperature, seed), ``token_ids`` (generated, special tokens excluded;
+Florence-2: only the sequence framing excluded, its ``<loc_N>`` tokens being answer content) and
+``token_count``. A weak label: never written over the plate's identity fields. Florence-2's tasks
+seal under :func:`florence_pair_key`, one pair key per task.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ CAPTION_CHECK_DESCRIPTIONS = {
     TOKENS_CONSISTENT: "token_count equals the number of token_ids, is at most the declared max_new_tokens, and is "
     "at least 1 when there is text.",
 }
+
+
+# Florence-2's text tasks, one instrument (asset ``florence2_<task>``) each (producers/florence_tasks.py).
+FLORENCE_TASK_SLUGS = ("caption", "detailed_caption", "more_detailed_caption", "ocr")
+
+
+def florence_pair_key(pin_key: str, task: str) -> str:
+    """The store's pair key of one Florence-2 task's records of a pin (kept apart from its other tasks)."""
+    return f"{pin_key}.florence-{task}"
 
 
 def caption_schema() -> pa.Schema:

@@ -39,6 +39,12 @@ _REMEDIES = {
     "sealed_runs": "no instrument adapter runs family '{family}' as a sealed run yet; "
     "write one, then set sealed_runs = true",
 }
+# sealed_runs of a row whose published layout is the repo's own Python: the family may well run in
+# another layout, so the generic remedy would mislead.
+_REMOTE_CODE_REMEDY = (
+    "this repo's layout loads only through its own Python (trust_remote_code), which no adapter here runs "
+    "as a sealed run; its roster notes name what would admit it (e.g. a native-layout row)"
+)
 
 
 class UnknownModelError(RegistryError, LookupError):
@@ -179,8 +185,9 @@ class Registry:
         entry = self.get(name)
         inst = entry.instrument
         if entry.missing:
+            remedies = {**_REMEDIES, **({"sealed_runs": _REMOTE_CODE_REMEDY} if inst.trust_remote_code else {})}
             steps = "; ".join(
-                f"{field}: " + _REMEDIES[field].format(id=inst.id, family=inst.family)
+                f"{field}: " + remedies[field].format(id=inst.id, family=inst.family)
                 for field in entry.missing
             )
             raise NotAdmittedError(

@@ -10,18 +10,18 @@
 #   e) bench/embed_throughput.py, CLIP-L/14 size (random weights), torchvision decoder, 128 and
 #      384 plates, bf16                                  -> $OUT/gpu-clip-l14-torchvision.json
 # Each part runs under its own timeout and prints one PART line (ok / FAILED rc=N / TIMEOUT);
-# the last line sums them up. Exit status: the number of parts that failed.
+# the SUMMARY block at the end repeats them. Exit status: the number of parts that failed.
 #
-# Wheels: .whl/ (git-ignored, carried with the run tool's `carry`) holds what the device image
-# lacks or has too old (its package list: the device tool's KINDS.md): dagster 1.13.27 and its
-# pure-Python needs (pydantic, SQLAlchemy, alembic, ...), transformers 5.24.0, huggingface_hub
-# 2.4.0 (+ httpx2, httpcore2, truststore), open_clip_torch, ftfy, birder, carvekit,
-# segment-anything, pycocotools, polars. Prepared on the dev machine with (one NAME==VERSION per
-# wheel; the list is in the report of the commit that added this script):
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     --platform any -d .whl NAME==VERSION ...
+# Wheels: .whl/ (git-ignored, carried with the run tool's `carry`, installed into $SITE ahead of
+# the image's packages) holds what the device image lacks (its package list: the device tool's
+# KINDS.md): dagster 1.13.27 and its needs (pydantic, SQLAlchemy, alembic, dagster-postgres, ...),
+# protobuf 6, timm, open_clip_torch, birder (+ polars, webdataset), carvekit, segment-anything,
+# pycocotools. `bash bench/gpu_wheels.sh` fills it (about 53 MiB). transformers and
+# huggingface_hub are the image's own (5.17 / 1.33 as last seen): 5.24 / 2.4 do not fit the
+# 64 MiB the run tool carries (see gpu_wheels.sh); the versions part prints what ran.
 #
+# On the device (from the repo root, .whl carried; GIT_COMMIT names the commit in the summary):
+#   GIT_COMMIT=<sha> bash bench/gpu_check2.sh
 # Here, without a GPU (tests the script; cuda-only parts are skipped or run on the CPU):
 #   DEVICE=cpu PY=/path/to/python3.12 EMBED_ARCH=tiny-clip EMBED_SIZES=8,16 OUT=/tmp/out bash bench/gpu_check2.sh
 set -uo pipefail
@@ -36,11 +36,18 @@ SUMMARY=()
 FAILED=0
 
 # part NAME TIMEOUT_S COMMAND...: run one part, record ok / FAILED / TIMEOUT with its seconds.
+# A part's limit is cut to what is left of TOTAL_LIMIT_S (default 450 s, for a run tool timeout
+# of 480 s), so the summary is always printed.
 part() {
   local name=$1 limit=$2
   shift 2
   local t0=$(date +%s)
+  local left=$(( ${TOTAL_LIMIT_S:-450} - (t0 - STARTED) - 10 ))
+  [ "$left" -lt "$limit" ] && limit=$left
   echo
+  if [ "$limit" -lt 5 ]; then
+    SUMMARY+=("PART $name: SKIPPED (TOTAL_LIMIT_S spent)"); FAILED=$((FAILED + 1)); echo "${SUMMARY[-1]}"; return
+  fi
   echo "===== PART $name (limit ${limit}s) ====="
   if declare -F "$1" >/dev/null; then  # a function of this script: run it in a child bash
     timeout --kill-after=10 "$limit" bash -c "set -uo pipefail; $(declare -f "$1"); $*"
@@ -102,7 +109,7 @@ import awb_dagster.definitions  # the code location imports with these packages
 print("awb_dagster.definitions imports")
 EOF
 }
-part versions 60 versions
+part versions 90 versions
 
 gpu_tests() {
   local files
@@ -114,7 +121,7 @@ gpu_tests() {
 }
 part pytest-gpu 120 gpu_tests
 
-part families 150 "$PY" bench/gpu_families.py --device "$DEVICE" --out "$OUT/gpu_families.json"
+part families 200 "$PY" bench/gpu_families.py --device "$DEVICE" --out "$OUT/gpu_families.json"
 
 part memory-refusal 40 "$PY" bench/gpu_memory_refusal.py --device "$DEVICE" --out "$OUT/gpu_memory_refusal.json"
 
@@ -128,7 +135,7 @@ embed() {
 part embed-throughput 180 embed
 
 echo
-echo "===== SUMMARY (commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), device $DEVICE, $(( $(date +%s) - STARTED ))s) ====="
+echo "===== SUMMARY (commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}, device $DEVICE, $(( $(date +%s) - STARTED ))s) ====="
 printf '%s\n' "${SUMMARY[@]}"
 echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 return $FAILED

@@ -9,8 +9,10 @@ loopback hub in a throwaway home, pinned at their heads and run over the first -
 plates: captioners (BLIP, BLIP-2 OPT and FLAN-T5, Qwen2-VL), detectors (DETR, GroundingDINO) and
 their boxes turned into SAM box masks, U^2-Net foreground masks, the birder Places365 probe, the
 image-fed aesthetic V1 scorer and the open_clip BiomedCLIP embedding family. One line per step:
-Dagster run success, sealed records, the device(s) the sealed manifests name, seconds. Exit 1
-when a step fails or a sealed run names another device than --device.
+Dagster run success, sealed records, the device(s) the sealed manifests name, seconds and, on
+CUDA, the step's peak CUDA allocation above what was allocated before it (the runs execute in
+this process). Exit 1 when a step fails, a sealed run names another device than --device, or a
+CUDA step allocated no CUDA memory.
 Instance: AWB_INSTANCE_YAML (default dagster.sqlite.yaml: no embedded PostgreSQL needed)."""
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
     from awb_dagster.registry.pins import capture_pin
     from awb_dagster.resources import AwbHome
     from awb_dagster.runner import materialize_pin_ranges
+    import torch
 
     paths = HomePaths(home_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,12 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
         plate_ids = list(catalog.plates)
         store = resource.store()
         say(f"home {paths.root}: {len(pins)} tiny models pinned, {len(plate_ids)} plates, set-up {time.perf_counter() - started:.1f}s")
+        on_cuda = device.startswith("cuda")
         for label, asset, pin_key, config in steps(pins):
+            if on_cuda:  # the step's own CUDA allocations: the runs execute in this process
+                torch.cuda.synchronize()
+                baseline = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
             step_started = time.perf_counter()
             error = None
             try:
@@ -119,17 +127,21 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
             except Exception as exc:  # reported per step; the exit status says it failed
                 runs, ok, error = [], False, f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - step_started
+            cuda_mib = (torch.cuda.max_memory_allocated() - baseline) / 2**20 if on_cuda else None
             pairs = store.sealed_pairs(pin_key, set(plate_ids)).values()
             devices = sorted({str(store.manifest(run_id).payload.get("device")) for run_id in {p.run_id for p in pairs}})
             row = {
                 "step": label, "asset": asset, "pin": pin_key, "ok": ok, "plates": len({p.plate_id for p in pairs}),
                 "records": sum(len(p.record_ids) for p in pairs), "devices": devices,
-                "device_ok": bool(devices) and all(device_matches(d, device) for d in devices),
+                # on CUDA the step must also have allocated device memory, not only named the device
+                "device_ok": bool(devices) and all(device_matches(d, device) for d in devices) and ((cuda_mib or 0) > 0) == on_cuda,
+                "cuda_peak_mib": None if cuda_mib is None else round(cuda_mib, 2),
                 "seconds": round(seconds, 2), "dagster_runs": [r.dagster_run_id for r in runs], "error": error,
             }  # fmt: skip
             results.append(row)
             say(f"{'ok  ' if ok and row['device_ok'] else 'FAIL'} {label:26s} {asset:26s} plates {row['plates']:2d} "
-                f"records {row['records']:4d} device {','.join(devices) or '-':8s} {seconds:6.1f}s" + (f"  {error}" if error else ""))  # fmt: skip
+                f"records {row['records']:4d} device {','.join(devices) or '-':8s} {seconds:6.1f}s"
+                + (f" cuda peak {cuda_mib:8.1f} MiB" if on_cuda else "") + (f"  {error}" if error else ""))  # fmt: skip
     return results
 
 

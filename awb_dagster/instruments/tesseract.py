@@ -7,7 +7,8 @@ preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13.
 engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``caption_scales``
 (Lanczos upscaling) with ``--psm`` sparse-text segmentation. Second reads (also in the tag): the
 header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
-plus its Roman numeral from glyph shapes (:mod:`roman_glyphs`), per ``plate_line_scales``; and
+plus its Roman numeral from glyph shapes and the count of its trailing I's from its strokes
+(:mod:`roman_glyphs`), per ``plate_line_scales``; and
 the caption row of the most confident all-capital centre word (the binomial) with ``--psm 6``,
 per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
 
@@ -15,7 +16,7 @@ Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
 scale); ``line_id`` ``<pass_id>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
 (the read that found it: ``<zone>@<scale>``, ``header@line<scale>``, ``header@glyphs<scale>``,
-``caption@line<scale>``).
+``header@tail<scale>``, ``caption@line<scale>``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
-from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral
+from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral, stroke_tail
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-2"
+ADAPTER_VERSION = "tesseract-zones-3"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
 CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
@@ -218,7 +219,9 @@ class TesseractReader:
         of the header passes, per scale of ``plate_line_scales``: Tesseract on the line crop
         (``--psm 7``, characters limited to :data:`LINE_WHITELIST`; pass ``header@line<scale>``),
         and the numeral's glyph shapes (:func:`read_numeral`; pass ``header@glyphs<scale>``, a
-        copy of the PLATE word and the numeral, both with the PLATE word's confidence). The
+        copy of the PLATE word and the numeral, both with the PLATE word's confidence), and the
+        numeral's trailing I's from its strokes (:func:`stroke_tail`; pass ``header@tail<scale>``,
+        one word of that many I's with the PLATE word's confidence, when there is one or more). The
         numeral crop runs from the end of PLATE (its share of a merged word such as
         ``PLATE,LVII``) 2.2 word widths right, half a word height above and below; the line crop
         starts one word height left of PLATE."""
@@ -239,11 +242,16 @@ class TesseractReader:
             tsv = self._tesseract(line.resize(size, Image.Resampling.LANCZOS), f"header line@{scale:g}", psm=7, whitelist=LINE_WHITELIST)
             found.extend(parse_tsv(tsv, HEADER_ZONE, line_box[:2], scale, len(words) + len(found), f"{HEADER_ZONE}@line{scale:g}"))
             size = (round(region.width * scale), round(region.height * scale))
-            numeral = read_numeral(np.asarray(region.resize(size, Image.Resampling.LANCZOS)), 0.8 * height * scale)
+            scaled = np.asarray(region.resize(size, Image.Resampling.LANCZOS))
+            box = (crop[0], y, crop[2] - crop[0], height)
+            tail = stroke_tail(scaled, 0.8 * height * scale)
+            if tail:
+                pass_id = f"{HEADER_ZONE}@tail{scale:g}"
+                found.append(OcrWord("I" * tail, plate.confidence, box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
+            numeral = read_numeral(scaled, 0.8 * height * scale)
             if numeral is None:
                 continue
             pass_id = f"{HEADER_ZONE}@glyphs{scale:g}"
-            box = (crop[0], y, crop[2] - crop[0], height)
             for text, word_box in (("PLATE", plate.box), (numeral, box)):
                 found.append(OcrWord(text, plate.confidence, word_box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
         return found

@@ -183,6 +183,11 @@ def test_latin_binomial_and_common_name_from_a_noisy_caption():
     assert label.latin_name.word_indices == (4, 5) and label.latin_name.confidence == pytest.approx(0.9)
     assert label.common_name.value == "Carolina Zarrot" and label.common_name.word_indices == (2, 3)
     assert label.plate_number is None
+    # capitals Tesseract is all but unsure of (script read as "BANE LEEPER", 0.0) are no binomial word
+    junk = [word("BANE", 850, 2200, c, 0.46, 8), word("LEEPER", 960, 2200, c, 0.0, 9)]
+    assert parse_label([*junk, *words[4:6]], 2000).latin_name.value == "Psitacus carolinensis"
+    assert parse_label(junk, 2000).latin_name.value == "Bane"
+    assert parse_label([junk[0], replace(junk[1], confidence=0.3)], 2000).latin_name.value == "Bane leeper"
 
 
 def test_tsv_boxes_map_back_to_plate_pixels():

@@ -17,7 +17,7 @@ is read at several scales (``pass_id``); the parser works per read and votes acr
   are no reading;
 - Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), a run of
   capitalised words (of more than two, the adjacent pair read most confidently) (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
-  letters, no inner periods) on one row; two words over one, then the words most reads agree on;
+  letters, no inner periods, word confidence at least :data:`MIN_NAME_CONFIDENCE`) on one row; two words over one, then the words most reads agree on;
 - common name: the words before the binomial on its row, else the caption row just above it.
 """
 
@@ -41,6 +41,7 @@ _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLO
 # the left and right edges: caption words count only with their centre in this band of the width.
 CENTRE_BAND = CENTRE
 MIN_NAME_LETTERS = 4  # genus and species words are longer than initials (F.R.S. read as "RSE")
+MIN_NAME_CONFIDENCE = 0.05  # a name word Tesseract is this unsure of is noise, not a weak read
 REPAIR_PENALTY = 0.5  # confidence factor of a value the parser had to repair (lookalike mapping)
 PLATES = 435  # the Havell edition's plates: a larger number is a misreading
 
@@ -227,6 +228,8 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
 def _is_capitals(word: OcrWord) -> bool:
     letters = [ch for ch in word.text if ch.isalpha()]
     if "." in word.text.strip(".,;:"):  # initials such as F.R.S.E.L.S. are not a name
+        return False
+    if word.confidence < MIN_NAME_CONFIDENCE:  # hatching or script read as capitals ("LEEPER", 0.0)
         return False
     return len(letters) >= MIN_NAME_LETTERS and sum(ch.isupper() for ch in letters) >= 0.8 * len(letters)
 

@@ -9,7 +9,8 @@ engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``
 header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
 plus its Roman numeral from glyph shapes and the count of its trailing I's from its strokes
 (:mod:`roman_glyphs`), per ``plate_line_scales``; and
-the caption row of the most confident all-capital centre word (the binomial) with ``--psm 6``,
+the caption row of all-capital centre words with the best two-word confidence (the binomial)
+with ``--psm 6``,
 per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
 
 Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
@@ -105,7 +106,7 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|psm={settings.psm}|oem={settings.oem}"
         + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION})@"
            f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
-        + (f"|caption-line(capitals,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
+        + (f"|caption-line(capital-pair-row,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
            f"{','.join(f'{s:g}' for s in settings.caption_line_scales)}:lanczos" if settings.caption_line_scales else "")
     )  # fmt: skip
 
@@ -139,6 +140,20 @@ def parse_tsv(
             )
         )
     return words
+
+
+def _pair_score(word: OcrWord, capitals: list[OcrWord]) -> float:
+    """The summed confidence of the two most confident capital words on ``word``'s row that do not
+    overlap horizontally (reads of one word at several scales overlap): a binomial is two words,
+    and the engraver's or a legend's line rarely holds two confident capital words."""
+    centre = word.box[1] + word.box[3] / 2
+    row = sorted((w for w in capitals if abs(w.box[1] + w.box[3] / 2 - centre) <= max(w.box[3], word.box[3]) / 2),
+                 key=lambda w: -w.confidence)  # fmt: skip
+    picked: list[OcrWord] = []
+    for w in row:
+        if all(w.box[0] >= p.box[0] + p.box[2] or p.box[0] >= w.box[0] + w.box[2] for p in picked):
+            picked.append(w)
+    return sum(w.confidence for w in picked[:2])
 
 
 class TesseractReader:
@@ -194,9 +209,10 @@ class TesseractReader:
         return words + self._caption_line(grey, words)
 
     def _caption_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
-        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row holding the most
-        confident all-capital word (at least 4 letters, centre in the ``CENTRE`` band of the width):
-        the engraved binomial, whose letter-spaced small capitals sparse-text mode splits."""
+        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row of all-capital
+        words (at least 4 letters, centre in the ``CENTRE`` band of the width) with the highest
+        :func:`_pair_score`: the engraved binomial, whose letter-spaced small capitals sparse-text
+        mode splits."""
         low, high = CENTRE[0] * grey.width, CENTRE[1] * grey.width
         capitals = [
             w for w in words if w.zone == CAPTION_ZONE and low <= w.box[0] + w.box[2] / 2 <= high
@@ -204,7 +220,7 @@ class TesseractReader:
         ]  # fmt: skip
         if not capitals or not self.settings.caption_line_scales:
             return []
-        _, y, _, height = max(capitals, key=lambda w: w.confidence).box
+        _, y, _, height = max(capitals, key=lambda w: (_pair_score(w, capitals), w.confidence)).box
         box = (round(low), max(0, y - height), round(high), min(grey.height, y + 2 * height))
         row = grey.crop(box)
         found: list[OcrWord] = []

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from awb_dagster.assets.factory import job_name
 from awb_dagster.instruments.common import InstrumentError
 from awb_dagster.instruments.plate_label import int_to_roman, parse_label, parse_numeral, roman_to_int
-from awb_dagster.instruments.roman_glyphs import read_numeral
+from awb_dagster.instruments.roman_glyphs import read_numeral, stroke_tail
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord, TesseractReader, ZoneSettings, parse_tsv
 from awb_dagster.producers.ocr import OCR_ASSET
 from awb_dagster.provenance.text_records import TEXT_CHECK_DESCRIPTIONS, check_text_pairs, label_of, text_schema, text_table
@@ -112,7 +112,8 @@ def test_glyph_read_counts_serif_joined_is_when_tesseract_corroborates_the_other
 
 def _engraved(letters: str, cap: int = 40) -> np.ndarray:
     """A numeral drawn like the plates' engraving: I = thick stem with hairline serifs wide
-    enough to touch the next I's; C = thick left bowl with hairline arms, open on the right."""
+    enough to touch the next I's; C = thick left bowl with hairline arms, open on the right;
+    X and V = a thick and a hairline diagonal, with hairline serifs joining the neighbours."""
     image = Image.new("L", (60 * len(letters) + 80, 2 * cap), 250)
     draw = ImageDraw.Draw(image)
     x, top, bottom = 20, cap // 2, cap // 2 + cap
@@ -122,6 +123,13 @@ def _engraved(letters: str, cap: int = 40) -> np.ndarray:
             draw.rectangle((x, top, x + 20, top + 2), fill=120)
             draw.rectangle((x, bottom - 2, x + 20, bottom), fill=120)
             x += 20
+        elif ch in "XV":
+            w, foot = round(0.7 * cap), round(0.35 * cap) if ch == "V" else round(0.7 * cap)
+            draw.line((x, top, x + foot, bottom), fill=30, width=7)
+            draw.line((x + w, top, x + w - foot, bottom), fill=150, width=2)
+            draw.rectangle((x - 2, top, x + w + 2, top + 2), fill=120)
+            draw.rectangle((x - 2, bottom - 2, x + w + 2, bottom), fill=120)
+            x += w + 2
         else:
             x += 6
             draw.arc((x, top, x + cap, bottom), 110, 250, fill=30, width=8)
@@ -134,6 +142,25 @@ def _engraved(letters: str, cap: int = 40) -> np.ndarray:
 @pytest.mark.parametrize("numeral", ["CIII", "CCCIII", "I", "CC"])
 def test_glyph_reader_counts_serif_joined_stems(numeral):
     assert read_numeral(_engraved(numeral), 40) == numeral
+
+
+@pytest.mark.parametrize(("numeral", "tail"), [("XXVIII", 3), ("XXXI", 1), ("XV", 0), ("III", None), ("I", None)])
+def test_stroke_tail_counts_the_is_after_serif_joined_x_and_v(numeral, tail):
+    assert stroke_tail(_engraved(numeral), 40) == tail
+
+
+def test_completed_read_adds_the_stroke_tail_to_tesseracts_letters():
+    # Tesseract reads "PLATE,LXXXVIII." as LXXXVII (87) and LXXXVIIL; the strokes count three I's after the V
+    tesseract = [word("PLATE,", 1500, 50, index=0), word("LXXXVII.", 1600, 50, index=1),
+                 replace(word("PLATELXXXVIIL.", 1500, 50, index=2), pass_id="header@line3")]  # fmt: skip
+    tail = replace(word("III", 1600, 50, index=3), pass_id="header@tail3")
+    label = parse_label([*tesseract, tail], 2000)
+    assert label.plate_number.value == 88 and label.plate_number.word_indices == (3,)
+    assert parse_label(tesseract, 2000).plate_number.value == 87
+    # a valid read ending in C is not completed (its C's upright stroke is in the count): CXC stays 190
+    assert parse_label([word("PLATE", 1500, 50, index=0), word("CXC.", 1600, 50, index=1), tail], 2000).plate_number.value == 190
+    # no reading above the edition's 435 plates
+    assert parse_label([word("PLATE", 1500, 50, index=0), word("DCCC", 1600, 50, index=1)], 2000).plate_number is None
 
 
 def test_glyph_reader_refuses_blank_and_unknown_shapes():
@@ -156,6 +183,11 @@ def test_latin_binomial_and_common_name_from_a_noisy_caption():
     assert label.latin_name.word_indices == (4, 5) and label.latin_name.confidence == pytest.approx(0.9)
     assert label.common_name.value == "Carolina Zarrot" and label.common_name.word_indices == (2, 3)
     assert label.plate_number is None
+    # capitals Tesseract is all but unsure of (script read as "BANE LEEPER", 0.0) are no binomial word
+    junk = [word("BANE", 850, 2200, c, 0.46, 8), word("LEEPER", 960, 2200, c, 0.0, 9)]
+    assert parse_label([*junk, *words[4:6]], 2000).latin_name.value == "Psitacus carolinensis"
+    assert parse_label(junk, 2000).latin_name.value == "Bane"
+    assert parse_label([junk[0], replace(junk[1], confidence=0.3)], 2000).latin_name.value == "Bane leeper"
 
 
 def test_tsv_boxes_map_back_to_plate_pixels():
@@ -242,10 +274,10 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
     assert pair.preprocess_tag.endswith(
         "scales(header=2,caption=3):lanczos|psm=11|oem=1|plate-line(psm=7,whitelist=PLATE.,CLXVI0123456789,"
-        "roman-glyphs-1)@2:lanczos|label-parse-3"
+        "roman-glyphs-2)@2:lanczos|label-parse-4"
     )
     assert {"header@2", "caption@3", "header@line2"} <= {w["pass_id"] for w in row["words"]} <= {
-        "header@2", "caption@3", "header@line2", "header@glyphs2"}  # fmt: skip
+        "header@2", "caption@3", "header@line2", "header@glyphs2", "header@tail2"}  # fmt: skip
     assert label_of(row)["latin_name"]["value"] == "Psitacus carolinensis"
     plate = home.catalog.plates[pair.plate_id]
     outcomes = check_text_pairs([pair], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())

@@ -11,10 +11,13 @@ is read at several scales (``pass_id``); the parser works per read and votes acr
   without spaces, so ``PLAT EXI`` still reads ``PLATE XI``); Arabic digits, or a Roman numeral
   in canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``. A value whose
   fascicle (a number elsewhere in the header, ``No. N``: plates 5N-4..5N of the Havell edition)
-  was read wins, then a value read without repair, then the value most reads agree on;
+  was read wins, then a corroborated glyph read, then a completed read (a Tesseract read's
+  letters up to its last X or V plus the trailing I's counted from the numeral's strokes), then
+  a value read without repair, then the value most reads agree on; values above :data:`PLATES`
+  are no reading;
 - Latin binomial: in the caption zone's centre band (:data:`CENTRE_BAND`), a run of
   capitalised words (of more than two, the adjacent pair read most confidently) (engraved small capitals, each at least :data:`MIN_NAME_LETTERS`
-  letters, no inner periods) on one row; two words over one, then the words most reads agree on;
+  letters, no inner periods, word confidence at least :data:`MIN_NAME_CONFIDENCE`) on one row; two words over one, then the words most reads agree on;
 - common name: the words before the binomial on its row, else the caption row just above it.
 """
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, CENTRE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-3"
+PARSER_VERSION = "label-parse-4"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
 # the numeral ends at a non-letter ("PLATE,IVU." is no reading of IV)
@@ -38,7 +41,9 @@ _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLO
 # the left and right edges: caption words count only with their centre in this band of the width.
 CENTRE_BAND = CENTRE
 MIN_NAME_LETTERS = 4  # genus and species words are longer than initials (F.R.S. read as "RSE")
+MIN_NAME_CONFIDENCE = 0.05  # a name word Tesseract is this unsure of is noise, not a weak read
 REPAIR_PENALTY = 0.5  # confidence factor of a value the parser had to repair (lookalike mapping)
+PLATES = 435  # the Havell edition's plates: a larger number is a misreading
 
 
 @dataclass(frozen=True)
@@ -156,17 +161,34 @@ def _skeleton(numeral: str) -> str:
     return mapped[:end]
 
 
+def _completion(skeleton: str) -> str | None:
+    """The letters of a Tesseract numeral read that trailing I's counted from strokes may follow:
+    the read up to its last X or V when it ends there (``LXXXV``) or is no valid numeral
+    (``LXXXL``: the letters after the last X are a misread I); None when a valid read ends in C
+    or L (``CXC``: that C's upright stroke would be counted as an I) or has no X or V."""
+    end = max(skeleton.rfind("X"), skeleton.rfind("V"))
+    if end < 0 or (end < len(skeleton) - 1 and roman_to_int(skeleton) is not None):
+        return None
+    return skeleton[: end + 1]
+
+
 def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
     """The plate number voted across the header reads. Reads of the numeral's glyph shapes
     (pass ids ``header@glyphs*``, from :mod:`roman_glyphs`) count only when corroborated: their
     letters before the first I equal those of a Tesseract read after PLATE (Tesseract reads C,
     L, X well and runs of serif-joined I's badly, the glyph reader the other way round). Ranking: a
     value whose fascicle (``No. N``: plates 5N-4 to 5N in the Havell edition) was read, then a
-    corroborated glyph read, then a value read without repair, then the value most reads agree on."""
+    corroborated glyph read, then a completed read (:func:`_completion` of a Tesseract read plus
+    the trailing I's of a ``header@tail*`` read, from :func:`roman_glyphs.stroke_tail`), then a
+    value read without repair, then the value most reads agree on."""
     candidates, glyph_reads = [], []
     fascicles: set[int] = set()
-    skeletons: set[str] = set()
+    skeletons: list[str] = []
+    tails: list[OcrWord] = []
     for pass_id, read in _passes(words, HEADER_ZONE).items():
+        if pass_id.startswith(f"{HEADER_ZONE}@tail"):
+            tails.extend(w for w in read if set(w.text) == {"I"})
+            continue
         glyphs = pass_id.startswith(f"{HEADER_ZONE}@glyphs")
         used_here: set[OcrWord] = set()
         for line in _lines(read):
@@ -177,17 +199,25 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
             if not glyphs:
                 raw = _PLATE_RAW.search("".join(w.text for w in line))
                 if raw and not raw.group(1).isdigit():  # an Arabic read corroborates no Roman one
-                    skeletons.add(_skeleton(raw.group(1)))
+                    skeletons.append(_skeleton(raw.group(1)))
         fascicles |= {int(w.text.strip(".,:;°")) for w in read if w not in used_here and w.text.strip(".,:;°").isdigit()}
     corroborated = [found for found in glyph_reads if _skeleton(found[3].split("PLATE")[-1]) in skeletons]
-    candidates.extend(corroborated)
+    completed = []
+    for tail in tails:
+        for letters in filter(None, map(_completion, skeletons)):
+            value = roman_to_int(letters + tail.text)
+            if value is not None:
+                completed.append((value, False, [tail], f"PLATE {letters}+{tail.text}"))
+    candidates = [c for c in [*candidates, *corroborated, *completed] if 1 <= c[0] <= PLATES]
     if not candidates:
         return None
     votes = Counter(value for value, *_ in candidates)
+    completed_votes = Counter(value for value, *_ in completed)
 
-    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, bool, int, float]:
+    def rank(candidate: tuple[int, bool, list[OcrWord], str]) -> tuple[bool, bool, int, bool, int, float]:
         value, repaired, used, _ = candidate
-        return ((value + 4) // 5 in fascicles, candidate in corroborated, not repaired, votes[value], _mean_confidence(used))
+        return ((value + 4) // 5 in fascicles, candidate in corroborated, completed_votes[value] if candidate in completed else 0,
+                not repaired, votes[value], _mean_confidence(used))  # fmt: skip
 
     value, repaired, used, text = max(candidates, key=rank)
     agreement = votes[value] / len(candidates)
@@ -198,6 +228,8 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
 def _is_capitals(word: OcrWord) -> bool:
     letters = [ch for ch in word.text if ch.isalpha()]
     if "." in word.text.strip(".,;:"):  # initials such as F.R.S.E.L.S. are not a name
+        return False
+    if word.confidence < MIN_NAME_CONFIDENCE:  # hatching or script read as capitals ("LEEPER", 0.0)
         return False
     return len(letters) >= MIN_NAME_LETTERS and sum(ch.isupper() for ch in letters) >= 0.8 * len(letters)
 

@@ -21,6 +21,17 @@ preprocess tag):
   with a bottom bar; X when top and bottom both have two separate arms; V when only the top
   has; I when the stem is centred and under half the width. Anything else
   (an Arabic digit, a smudge) makes the whole reading None: no partial numerals.
+
+Version 2 adds :func:`stroke_tail`, the count of trailing I's, for numerals whose X's and V's
+are serif-joined into one shape with their neighbours (``LXXXVIII``): only the rows from
+``BAND`` of the cap height (cap top and baseline from the rows where the lenient ink of the crop
+is densest) are kept, so the serifs that join letters fall away, and each remaining
+``STRICT`` ink component at least ``MIN_STROKE`` of the band high is a stroke: upright
+(horizontal drift top to bottom at most ``UPRIGHT`` cap heights, width at most ``STEM_WIDTH``)
+or not (the slanted and crossed strokes of X and V, C's bowl). Strokes further apart than
+``MAX_GAP`` end the numeral. The tail is the number of upright strokes after the last other
+one; with no slanted stroke at all (C, L and I only, which :func:`read_numeral` reads) there
+is no tail reading.
 """
 
 from __future__ import annotations
@@ -28,13 +39,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-GLYPH_VERSION = "roman-glyphs-1"
+GLYPH_VERSION = "roman-glyphs-2"
 LENIENT = 0.08  # fraction of the paper-ink contrast: hairlines kept
 STRICT = 0.4  # stems only
 MIN_CONTRAST = 40  # grey levels between paper and ink, else no text here
 MIN_HEIGHT, MAX_HEIGHT = 0.6, 1.5  # letter height in cap heights
 MAX_GAP = 1.2  # cap heights between letters before the numeral ends
 NARROW = 0.45
+BAND = (0.25, 0.7)  # rows of the cap height kept for strokes (serifs and feet fall away)
+MIN_STROKE = 0.6  # of the band's height
+UPRIGHT = 0.06  # cap heights of drift from the band's top rows to its bottom rows
+STEM_WIDTH = 0.3  # cap heights
 
 
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
@@ -116,3 +131,50 @@ def read_numeral(grey: np.ndarray, cap_height: float) -> str | None:
         if letters:
             text, last_right = text + letters, x1
     return text or None
+
+
+def _cap_rows(lenient: np.ndarray, cap_height: float) -> tuple[int, int] | None:
+    """(top, bottom) rows of the text line: the longest run of rows holding at least a quarter
+    of the densest row's lenient ink, if at least half a cap height tall."""
+    profile = lenient.sum(axis=1)
+    if profile.max() == 0:
+        return None
+    runs = [run for run in _runs(profile >= 0.25 * profile.max()) if run[1] - run[0] >= 0.5 * cap_height]
+    return max(runs, key=lambda run: run[1] - run[0]) if runs else None
+
+
+def stroke_tail(grey: np.ndarray, cap_height: float) -> int | None:
+    """The number of upright strokes (I's) after the last slanted or crossed stroke of the
+    numeral in a crop that starts just after the word PLATE; None without a slanted stroke."""
+    grey = np.asarray(grey, dtype=np.float32)
+    paper, ink = float(np.median(grey)), float(np.percentile(grey, 1))
+    if paper - ink < MIN_CONTRAST or cap_height <= 0:
+        return None
+    rows = _cap_rows(grey < paper - LENIENT * (paper - ink), cap_height)
+    if rows is None:
+        return None
+    height = rows[1] - rows[0]
+    first, last = rows[0] + int(BAND[0] * height), rows[0] + int(BAND[1] * height)
+    band = grey[first:last] < paper - STRICT * (paper - ink)
+    labels, _ = ndimage.label(band, structure=np.ones((3, 3), dtype=bool))
+    strokes: list[tuple[int, int, bool]] = []
+    for index, found in enumerate(ndimage.find_objects(labels)):
+        if found is None:
+            continue
+        mask = labels[found] == index + 1
+        h, w = mask.shape
+        if h < MIN_STROKE * (last - first):
+            continue
+        edge = max(1, round(0.15 * h))
+        top_cols, bottom_cols = np.flatnonzero(mask[:edge].any(axis=0)), np.flatnonzero(mask[-edge:].any(axis=0))
+        drift = abs(bottom_cols.mean() - top_cols.mean()) / height
+        strokes.append((found[1].start, found[1].stop, drift <= UPRIGHT and w <= STEM_WIDTH * height))
+    strokes.sort()
+    numeral: list[bool] = []
+    for position, (x0, _, upright) in enumerate(strokes):
+        if numeral and x0 - strokes[position - 1][1] > MAX_GAP * height:
+            break
+        numeral.append(upright)
+    if all(numeral):
+        return None
+    return len(numeral) - 1 - max(i for i, upright in enumerate(numeral) if not upright)

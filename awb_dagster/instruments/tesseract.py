@@ -7,15 +7,17 @@ preprocess tag): the header band (top ``header_fraction`` of the plate: "No. 13.
 engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``caption_scales``
 (Lanczos upscaling) with ``--psm`` sparse-text segmentation. Second reads (also in the tag): the
 header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
-plus its Roman numeral from glyph shapes (:mod:`roman_glyphs`), per ``plate_line_scales``; and
-the caption row of the most confident all-capital centre word (the binomial) with ``--psm 6``,
+plus its Roman numeral from glyph shapes and the count of its trailing I's from its strokes
+(:mod:`roman_glyphs`), per ``plate_line_scales``; and
+the caption row of all-capital centre words with the best two-word confidence (the binomial)
+with ``--psm 6``,
 per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
 
 Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence`` in [0, 1]
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
 scale); ``line_id`` ``<pass_id>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
 (the read that found it: ``<zone>@<scale>``, ``header@line<scale>``, ``header@glyphs<scale>``,
-``caption@line<scale>``).
+``header@tail<scale>``, ``caption@line<scale>``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
-from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral
+from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral, stroke_tail
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-2"
+ADAPTER_VERSION = "tesseract-zones-3"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
 CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
@@ -104,7 +106,7 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|psm={settings.psm}|oem={settings.oem}"
         + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION})@"
            f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
-        + (f"|caption-line(capitals,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
+        + (f"|caption-line(capital-pair-row,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
            f"{','.join(f'{s:g}' for s in settings.caption_line_scales)}:lanczos" if settings.caption_line_scales else "")
     )  # fmt: skip
 
@@ -138,6 +140,20 @@ def parse_tsv(
             )
         )
     return words
+
+
+def _pair_score(word: OcrWord, capitals: list[OcrWord]) -> float:
+    """The summed confidence of the two most confident capital words on ``word``'s row that do not
+    overlap horizontally (reads of one word at several scales overlap): a binomial is two words,
+    and the engraver's or a legend's line rarely holds two confident capital words."""
+    centre = word.box[1] + word.box[3] / 2
+    row = sorted((w for w in capitals if abs(w.box[1] + w.box[3] / 2 - centre) <= max(w.box[3], word.box[3]) / 2),
+                 key=lambda w: -w.confidence)  # fmt: skip
+    picked: list[OcrWord] = []
+    for w in row:
+        if all(w.box[0] >= p.box[0] + p.box[2] or p.box[0] >= w.box[0] + w.box[2] for p in picked):
+            picked.append(w)
+    return sum(w.confidence for w in picked[:2])
 
 
 class TesseractReader:
@@ -193,9 +209,10 @@ class TesseractReader:
         return words + self._caption_line(grey, words)
 
     def _caption_line(self, grey: Image.Image, words: list[OcrWord]) -> list[OcrWord]:
-        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row holding the most
-        confident all-capital word (at least 4 letters, centre in the ``CENTRE`` band of the width):
-        the engraved binomial, whose letter-spaced small capitals sparse-text mode splits."""
+        """Re-reads (``--psm 6``, pass ``caption@line<scale>``) of the caption row of all-capital
+        words (at least 4 letters, centre in the ``CENTRE`` band of the width) with the highest
+        :func:`_pair_score`: the engraved binomial, whose letter-spaced small capitals sparse-text
+        mode splits."""
         low, high = CENTRE[0] * grey.width, CENTRE[1] * grey.width
         capitals = [
             w for w in words if w.zone == CAPTION_ZONE and low <= w.box[0] + w.box[2] / 2 <= high
@@ -203,7 +220,7 @@ class TesseractReader:
         ]  # fmt: skip
         if not capitals or not self.settings.caption_line_scales:
             return []
-        _, y, _, height = max(capitals, key=lambda w: w.confidence).box
+        _, y, _, height = max(capitals, key=lambda w: (_pair_score(w, capitals), w.confidence)).box
         box = (round(low), max(0, y - height), round(high), min(grey.height, y + 2 * height))
         row = grey.crop(box)
         found: list[OcrWord] = []
@@ -218,7 +235,9 @@ class TesseractReader:
         of the header passes, per scale of ``plate_line_scales``: Tesseract on the line crop
         (``--psm 7``, characters limited to :data:`LINE_WHITELIST`; pass ``header@line<scale>``),
         and the numeral's glyph shapes (:func:`read_numeral`; pass ``header@glyphs<scale>``, a
-        copy of the PLATE word and the numeral, both with the PLATE word's confidence). The
+        copy of the PLATE word and the numeral, both with the PLATE word's confidence), and the
+        numeral's trailing I's from its strokes (:func:`stroke_tail`; pass ``header@tail<scale>``,
+        one word of that many I's with the PLATE word's confidence, when there is one or more). The
         numeral crop runs from the end of PLATE (its share of a merged word such as
         ``PLATE,LVII``) 2.2 word widths right, half a word height above and below; the line crop
         starts one word height left of PLATE."""
@@ -239,11 +258,16 @@ class TesseractReader:
             tsv = self._tesseract(line.resize(size, Image.Resampling.LANCZOS), f"header line@{scale:g}", psm=7, whitelist=LINE_WHITELIST)
             found.extend(parse_tsv(tsv, HEADER_ZONE, line_box[:2], scale, len(words) + len(found), f"{HEADER_ZONE}@line{scale:g}"))
             size = (round(region.width * scale), round(region.height * scale))
-            numeral = read_numeral(np.asarray(region.resize(size, Image.Resampling.LANCZOS)), 0.8 * height * scale)
+            scaled = np.asarray(region.resize(size, Image.Resampling.LANCZOS))
+            box = (crop[0], y, crop[2] - crop[0], height)
+            tail = stroke_tail(scaled, 0.8 * height * scale)
+            if tail:
+                pass_id = f"{HEADER_ZONE}@tail{scale:g}"
+                found.append(OcrWord("I" * tail, plate.confidence, box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
+            numeral = read_numeral(scaled, 0.8 * height * scale)
             if numeral is None:
                 continue
             pass_id = f"{HEADER_ZONE}@glyphs{scale:g}"
-            box = (crop[0], y, crop[2] - crop[0], height)
             for text, word_box in (("PLATE", plate.box), (numeral, box)):
                 found.append(OcrWord(text, plate.confidence, word_box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
         return found

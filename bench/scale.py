@@ -23,15 +23,28 @@ The store's rows also give ``<row>_cpu``, this process's CPU seconds: on shared 
 time of a 100k run can double with the neighbours' load, its CPU time much less.
 - ``graphql_partitions`` (with ``--graphql``): the query behind the asset's partitions page
   (partition keys by dimension and the materialization status ranges), sent to a
-  ``dagster-webserver`` started for the home; ``graphql_partitions_first`` is the first call.
+  ``dagster-webserver`` started for the home; ``graphql_partitions_first`` is the first call,
+  ``graphql_partitions_server_cpu`` the webserver's CPU seconds per warm call.
 
     .venv/bin/python bench/scale.py --sizes 1000 10000
     .venv/bin/python bench/scale.py --sizes 10000 100000 --out bench/results-cpu/scale.json
+
+``--only tick graphql`` times only those rows after the setup (plates add, which is timed too),
+``--tick-repeats 3`` adds ``automation_tick_best``, the fastest of three more ticks with the same
+cursor (and its CPU seconds), the garbage collector's CPU seconds and full passes during one more
+(``automation_tick_gc_cpu``, ``automation_tick_gc_full``) and the fastest of three with the
+collector off (``automation_tick_nogc``); ``--profile DIR`` writes ``DIR/automation_tick-<N>.prof``,
+a cProfile of one more tick in this process's CPU seconds:
+
+    .venv/bin/python bench/scale.py --sizes 10000 30000 100000 --only tick graphql --tick-repeats 3 \
+        --profile /tmp/scale-prof --out bench/results-cpu/scale-tick-graphql-3sizes.json
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
 import json
 import os
 import platform
@@ -168,6 +181,19 @@ def graphql(port: int, query: str, **variables: Any) -> dict[str, Any]:
     return payload["data"]
 
 
+def session_cpu(session: int) -> float:
+    """CPU seconds (user and system) of the live processes of ``session``, from Linux's /proc."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == session:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure_graphql(home_dir: Path, endpoint: str, log_path: Path) -> dict[str, float]:
     """Start dagster-webserver for the home, wait for the code location, time the partitions page."""
     with socket.socket() as sock:
@@ -194,7 +220,10 @@ def measure_graphql(home_dir: Path, endpoint: str, log_path: Path) -> dict[str, 
         figures["graphql_partitions_first"], data = timed(lambda: graphql(port, PARTITIONS_PAGE, path=[ASSET]))
         node = data["assetNodeOrError"]
         assert node["__typename"] == "AssetNode", node
+        cpu_before = session_cpu(process.pid)
         figures["graphql_partitions"], _ = timed(lambda: graphql(port, PARTITIONS_PAGE, path=[ASSET]), LOOKUP_REPEATS)
+        # The webserver's (and its code server's) CPU seconds per warm query, the mean of the repeats.
+        figures["graphql_partitions_server_cpu"] = (session_cpu(process.pid) - cpu_before) / LOOKUP_REPEATS
         return figures
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -205,7 +234,18 @@ def measure_graphql(home_dir: Path, endpoint: str, log_path: Path) -> dict[str, 
             process.wait()
 
 
-def measure(size: int, root: Path, endpoint: str, with_graphql: bool = False) -> dict[str, float]:
+ROWS = ("tick", "store", "graphql")  # --only: the automation tick, the store's lookups, the partitions page
+
+
+def measure(
+    size: int,
+    root: Path,
+    endpoint: str,
+    with_graphql: bool = False,
+    rows: tuple[str, ...] = ("tick", "store"),
+    tick_repeats: int = 0,
+    profile_dir: Path | None = None,
+) -> dict[str, float]:
     home_dir, plates_dir = root / "home", root / "plates"
     write_plates(plates_dir, size)
     home_args = ["--home", str(home_dir)]
@@ -219,23 +259,86 @@ def measure(size: int, root: Path, endpoint: str, with_graphql: bool = False) ->
     with home_instance(HomePaths(home_dir)) as instance:
         figures["partition_sync"], added = timed(lambda: sync_partitions(instance, home), LOOKUP_REPEATS)
         assert not added, added
-        defs = build_definitions(home=str(home_dir), endpoint=endpoint)
-        # Two evaluations carrying the cursor, before and after the nightly 02:00 UTC cron tick:
-        # the first only starts the cursor, the second is the tick that requests (timed).
-        tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        selection = dg.AssetSelection.assets(ASSET)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            before = dg.evaluate_automation_conditions(
-                defs=defs, instance=instance, asset_selection=selection, evaluation_time=tomorrow + timedelta(hours=1)
-            )
-            figures["automation_tick"], result = timed(
-                lambda: dg.evaluate_automation_conditions(
-                    defs=defs, instance=instance, asset_selection=selection,
-                    evaluation_time=tomorrow + timedelta(hours=2, minutes=5), cursor=before.cursor,
-                )  # fmt: skip
-            )
+        if "tick" in rows:
+            figures.update(measure_tick(instance, home_dir, endpoint, size, tick_repeats, profile_dir))
+    if "store" in rows:
+        figures.update(measure_store(home, pin_key, size))
+    if with_graphql or "graphql" in rows:
+        figures.update(measure_graphql(home_dir, endpoint, root / "webserver.log"))
+    return figures
+
+
+def measure_tick(
+    instance: dg.DagsterInstance, home_dir: Path, endpoint: str, size: int, repeats: int, profile_dir: Path | None
+) -> dict[str, float]:
+    """One automation tick after the cron (timed), then ``repeats`` more with the same cursor
+    (their fastest), then one under cProfile into ``profile_dir``."""
+    figures: dict[str, float] = {}
+    defs = build_definitions(home=str(home_dir), endpoint=endpoint)
+    # Two evaluations carrying the cursor, before and after the nightly 02:00 UTC cron tick:
+    # the first only starts the cursor, the second is the tick that requests (timed).
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    selection = dg.AssetSelection.assets(ASSET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, evaluation_time=tomorrow + timedelta(hours=1)
+        )
+
+        def tick() -> Any:
+            return dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, asset_selection=selection,
+                evaluation_time=tomorrow + timedelta(hours=2, minutes=5), cursor=before.cursor,
+            )  # fmt: skip
+
+        figures["gc_objects"] = len(gc.get_objects())  # what one full pass of the collector walks
+        figures["automation_tick"], result = timed(tick)
         figures["automation_requested"] = result.total_requested
+        if repeats:
+            figures["automation_tick_best"], result = timed(tick, repeats)
+            figures["automation_tick_best_cpu"] = CPU_SECONDS["last"]
+            assert result.total_requested == size, result.total_requested
+            # The cyclic garbage collector's share: its passes during one more tick (CPU seconds,
+            # full passes), and the fastest of ``repeats`` ticks with it switched off.
+            clock = GcClock()
+            gc.callbacks.append(clock)
+            try:
+                timed(tick)
+            finally:
+                gc.callbacks.remove(clock)
+            figures["automation_tick_gc_cpu"], figures["automation_tick_gc_full"] = clock.seconds, clock.full
+            gc.collect()
+            gc.disable()
+            try:
+                figures["automation_tick_nogc"], _ = timed(tick, repeats)
+                figures["automation_tick_nogc_cpu"] = CPU_SECONDS["last"]
+            finally:
+                gc.enable()
+        if profile_dir is not None:  # CPU time of this process: the neighbours' load does not move it
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            profiler = cProfile.Profile(time.process_time)
+            profiler.runcall(tick)
+            profiler.dump_stats(profile_dir / f"automation_tick-{size}.prof")
+    return figures
+
+
+class GcClock:
+    """A ``gc.callbacks`` entry that adds up the CPU seconds of the collector's passes."""
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._start = 0.0, 0, 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._start
+            self.full += info["generation"] == 2
+
+
+def measure_store(home: AwbHome, pin_key: str, size: int) -> dict[str, float]:
+    """The store's lookups over synthetic sealed runs covering every plate."""
+    figures: dict[str, float] = {}
     last_record = seal_synthetic_runs(home, pin_key)
     store = home.store()
     pairs = timed_cpu(figures, "sealed_pairs", lambda: store.sealed_pairs(pin_key), LOOKUP_REPEATS)
@@ -250,8 +353,6 @@ def measure(size: int, root: Path, endpoint: str, with_graphql: bool = False) ->
     timed_cpu(figures, "lineage", lambda: lineage(store, last_record), LOOKUP_REPEATS)
     store.index.path.unlink()
     timed_cpu(figures, "index_rebuild", store.index.rebuild, 1)
-    if with_graphql:
-        figures.update(measure_graphql(home_dir, endpoint, root / "webserver.log"))
     return figures
 
 
@@ -260,8 +361,11 @@ def main_bench() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--graphql", action="store_true", help="also time the partitions page through a webserver")
+    parser.add_argument("--only", nargs="+", choices=ROWS, help="time only these rows after the setup (plates add)")
+    parser.add_argument("--tick-repeats", type=int, default=0, help="automation_tick_best: the fastest of this many more ticks")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of one more automation tick per size here")
     args = parser.parse_args()
-    results: dict[str, Any] = {"host": platform.node(), "sizes": {}}
+    results: dict[str, Any] = {"host": platform.node(), "command": " ".join(["bench/scale.py", *sys.argv[1:]]), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="awb-scale-") as tmp:
         hub = LoopbackHub(Path(tmp) / "hub")
         hub.add_commit(
@@ -271,12 +375,16 @@ def main_bench() -> None:
         endpoint = hub.start()
         try:
             for size in args.sizes:
-                figures = measure(size, Path(tmp) / f"n{size}", endpoint, args.graphql)
+                rows = tuple(args.only or ("tick", "store"))
+                figures = measure(
+                    size, Path(tmp) / f"n{size}", endpoint, args.graphql, rows, args.tick_repeats, args.profile
+                )
+                figures["load_average_1min"] = os.getloadavg()[0]  # the shared cores' load at the end of the size
                 results["sizes"][size] = figures
                 print(f"\n{size} plates:")
                 for name, seconds in figures.items():
-                    if name == "automation_requested":
-                        print(f"  {name:20s} {seconds:>10.0f}")
+                    if name in ("automation_requested", "automation_tick_gc_full", "gc_objects", "load_average_1min"):
+                        print(f"  {name:20s} {seconds:>10.1f}")
                     else:
                         print(f"  {name:20s} {seconds:10.3f} s  {seconds / size * 1e6:10.1f} us/plate")
         finally:

@@ -89,6 +89,12 @@ class PinNotRetired(dg.AutomationCondition):
             return dg.AutomationResult(context, candidates)
         automated = PinLock.load(self.lock_path).automated_keys()
         partitions_def = candidates.partitions_def
+        if all(
+            pin in automated
+            for pin_key in _pin_keys(context, partitions_def)
+            for pin in pin_key.split(REGION_PAIR_SEPARATOR)
+        ):  # no retired or unknown pin among the keys: every candidate stays, none is listed
+            return dg.AutomationResult(context, candidates)
         keep = {
             key
             for key in candidates.expensively_compute_partition_keys()
@@ -100,6 +106,13 @@ class PinNotRetired(dg.AutomationCondition):
             )
         }
         return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keep))
+
+
+def _pin_keys(context: dg.AutomationContext, partitions_def: dg.PartitionsDefinition) -> list[str]:
+    """The keys of the pins dimension (few), from the evaluation's cached dynamic partitions."""
+    pins_def = partitions_def.get_partitions_def_for_dimension(PIN_DIMENSION)
+    store = context.asset_graph_view.partition_loading_context.dynamic_partitions_store
+    return list(pins_def.get_partition_keys(dynamic_partitions_store=store))
 
 
 def _partition_dims(key: str, partitions_def: dg.PartitionsDefinition) -> tuple[str, str]:
@@ -185,13 +198,15 @@ class RetryBudget(dg.AutomationCondition):
         }
         # A partition that materialized since is no longer failing: its count is forgotten.
         failures = {key: entry for key, entry in previous.items() if key in failing}
+        # Only the failing candidates (few) are looked at; the others all stay.
+        candidate_value = candidates.get_internal_value()
+        failing_candidates = sorted(key for key in failing if key in candidate_value)
+        if not failing_candidates:
+            return dg.AutomationResult(context, candidates, cursor=json.dumps(failures, sort_keys=True))
         plates = PlateCatalog.load(HomePaths(Path(self.home)).catalog).plates
-        keep = set()
-        for key in candidates.expensively_compute_partition_keys():
-            run_id = failing.get(key)
-            if run_id is None:
-                keep.add(key)
-                continue
+        spent = set()
+        for key in failing_candidates:
+            run_id = failing[key]
             plate = plates.get(_partition_dims(key, candidates.partitions_def)[1])
             sha = plate.sha256 if plate is not None else None
             entry = failures.get(key)
@@ -200,11 +215,10 @@ class RetryBudget(dg.AutomationCondition):
             if run_id not in entry["runs"]:
                 entry = {**entry, "runs": [*entry["runs"], run_id]}
             failures[key] = entry
-            if len(entry["runs"]) <= self.max_retries:
-                keep.add(key)
-        return dg.AutomationResult(
-            context, candidates.compute_intersection_with_partition_keys(keep), cursor=json.dumps(failures, sort_keys=True)
-        )
+            if len(entry["runs"]) > self.max_retries:
+                spent.add(key)
+        keep = candidates.compute_difference(candidates.compute_intersection_with_partition_keys(spent))
+        return dg.AutomationResult(context, keep, cursor=json.dumps(failures, sort_keys=True))
 
 
 def embedding_automation_condition(

@@ -31,8 +31,16 @@ from awb_dagster.registry.prompts import Decoding, PromptRegistry
 DEFAULT_PROMPTS = {"blip": "caption.plain", "blip2": "caption.plain", "qwen2-vl": "caption.detailed"}
 
 
+class DeclaresDecoding:
+    """Run settings whose decoding fields (method, beams, max new tokens, temperature, seed) are
+    declared per run and recorded as one :class:`Decoding`."""
+
+    def decoding(self) -> Decoding:
+        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
+
+
 @dataclass(frozen=True)
-class CaptionSettings:
+class CaptionSettings(DeclaresDecoding):
     """``prompt_id``: a caption prompt of the registry (its highest version; empty: the family's
     default, :data:`DEFAULT_PROMPTS`); the rest: the declared :class:`Decoding`."""
 
@@ -42,9 +50,6 @@ class CaptionSettings:
     max_new_tokens: int = 40
     temperature: float = 1.0
     seed: int = 0
-
-    def decoding(self) -> Decoding:
-        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
 
 
 class CaptionSession:

@@ -10,14 +10,14 @@ the declared decoding in the preprocess tag and every record). The model runs th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from awb_dagster.engine.producer import StepInputs
 from awb_dagster.instruments.captioner import Captioner
-from awb_dagster.producers.captions import CaptionProducer, CaptionSession
+from awb_dagster.producers.captions import CaptionProducer, CaptionSession, DeclaresDecoding
 from awb_dagster.provenance.caption_records import FLORENCE_TASK_SLUGS, florence_pair_key
-from awb_dagster.registry.prompts import Decoding, PromptRegistry
+from awb_dagster.registry.prompts import PromptRegistry
 
 FAMILY = "florence2"
 # Task slug -> the registry prompt (a Florence-2 task token) its asset runs.
@@ -31,7 +31,7 @@ assert tuple(TASK_PROMPTS) == FLORENCE_TASK_SLUGS
 
 
 @dataclass(frozen=True)
-class FlorenceTaskSettings:
+class FlorenceTaskSettings(DeclaresDecoding):
     """The declared :class:`Decoding` of a run. Defaults: the converted repos' published recipe
     (beam search with 3 beams, ``max_new_tokens`` 1024); the prompt is the asset's own."""
 
@@ -40,9 +40,6 @@ class FlorenceTaskSettings:
     max_new_tokens: int = 1024
     temperature: float = 1.0
     seed: int = 0
-
-    def decoding(self) -> Decoding:
-        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
 
 
 class FlorenceTaskSession(CaptionSession):

@@ -35,15 +35,23 @@ DEMO_MODELS = [
 CAPTION_CONFIG = {"max_new_tokens": 4}
 DETR_CONFIG = {"score_threshold": 0.05}  # random weights score low: keep some boxes
 GROUNDING_CONFIG = {"box_threshold": 0.3}
+FLORENCE_DEMO_REPO = "awb-demo/tiny-florence2"  # each task prompt its own asset, sealed under its own key
+FLORENCE_CONFIG = {"method": "greedy", "num_beams": 1, "max_new_tokens": 4}
 
 
-def steps(pins: dict[str, str]) -> list[tuple[str, str, str, dict]]:
-    """(label, asset, pin key, op config) in order: detectors before their box masks."""
+def steps(pins: dict[str, str]) -> list[tuple[str, str, str, dict, str]]:
+    """(label, asset, pin key, op config, store key) in order: detectors before their box masks."""
+    from awb_dagster.provenance.caption_records import florence_pair_key
     from awb_dagster.provenance.records import box_mask_pin_key
 
     sam = pins["awb-demo/tiny-sam"]
     detr, grounding = pins["awb-demo/tiny-detr"], pins["awb-demo/tiny-grounding-dino"]
-    return [
+    florence = pins[FLORENCE_DEMO_REPO]
+    florence_steps = [
+        (f"florence2 {task}", f"florence2_{task}", florence, FLORENCE_CONFIG, florence_pair_key(florence, task))
+        for task in ("caption", "ocr")
+    ]
+    return [(*step, step[2]) for step in [
         ("blip", "blip_captions", pins["awb-demo/tiny-blip"], CAPTION_CONFIG),
         ("blip2-opt", "blip2_captions", pins["awb-demo/tiny-blip2-opt"], CAPTION_CONFIG),
         ("blip2-flan-t5", "blip2_captions", pins["awb-demo/tiny-blip2-flan-t5"], CAPTION_CONFIG),
@@ -56,7 +64,7 @@ def steps(pins: dict[str, str]) -> list[tuple[str, str, str, dict]]:
         ("places365 (birder)", "places365_logits", pins["awb-demo/tiny-places-birder"], {}),
         ("aesthetic v1", "aesthetic_image_scores", pins["awb-demo/tiny-aesthetic-v1"], {}),
         ("biomedclip (open_clip)", "biomedclip_embeddings", pins["awb-demo/tiny-biomedclip"], {}),
-    ]
+    ]] + florence_steps
 
 
 def device_matches(named: str | None, wanted: str) -> bool:
@@ -71,6 +79,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
     from awb_dagster.demo.checkpoints import publish_demo_repos
     from awb_dagster.demo.hub import LoopbackHub
     from awb_dagster.demo.tiny_captioners import publish_tiny_captioners
+    from awb_dagster.demo.tiny_florence import publish_tiny_florence
     from awb_dagster.instance import open_instance
     from awb_dagster.paths import HomePaths
     from awb_dagster.plates.catalog import SAMPLE_PLATES_DIR
@@ -87,6 +96,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
     hub = LoopbackHub(paths.hub)
     publish_demo_repos(hub, only=DEMO_MODELS)
     publish_tiny_captioners(hub, only=CAPTIONERS)
+    publish_tiny_florence(hub)
     plates_dir = paths.root / "plates-in"
     plates_dir.mkdir(exist_ok=True)
     samples = sorted((p for p in SAMPLE_PLATES_DIR.iterdir() if p.suffix in (".jpg", ".png")), key=lambda p: (p.name.startswith("AWKWARD"), p.name))
@@ -98,7 +108,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
         registry = Registry.load(lock_path=paths.lock)
         lock = PinLock.load(paths.lock)
         pins = {}
-        for repo in [*CAPTIONERS, *DEMO_MODELS]:
+        for repo in [*CAPTIONERS, *DEMO_MODELS, FLORENCE_DEMO_REPO]:
             pin = capture_pin(registry.get(repo).instrument, endpoint=endpoint, cache_dir=paths.hf_cache)
             lock.add(pin)
             pins[repo] = pin.key
@@ -114,7 +124,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
         store = resource.store()
         say(f"home {paths.root}: {len(pins)} tiny models pinned, {len(plate_ids)} plates, set-up {time.perf_counter() - started:.1f}s")
         on_cuda = device.startswith("cuda")
-        for label, asset, pin_key, config in steps(pins):
+        for label, asset, pin_key, config, store_key in steps(pins):
             if on_cuda:  # the step's own CUDA allocations: the runs execute in this process
                 torch.cuda.synchronize()
                 baseline = torch.cuda.memory_allocated()
@@ -128,7 +138,7 @@ def run_steps(home_dir: Path, device: str, n_plates: int, say) -> list[dict]:
                 runs, ok, error = [], False, f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - step_started
             cuda_mib = (torch.cuda.max_memory_allocated() - baseline) / 2**20 if on_cuda else None
-            pairs = store.sealed_pairs(pin_key, set(plate_ids)).values()
+            pairs = store.sealed_pairs(store_key, set(plate_ids)).values()
             devices = sorted({str(store.manifest(run_id).payload.get("device")) for run_id in {p.run_id for p in pairs}})
             row = {
                 "step": label, "asset": asset, "pin": pin_key, "ok": ok, "plates": len({p.plate_id for p in pairs}),

@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
             with Image.open(Path(plates) / row["file"]) as image:
                 grey = ImageOps.grayscale(image.convert("RGB"))
             words = [w for w in reader.read(grey.convert("RGB")) if w.zone == HEADER_ZONE and _PLATE_WORD.match(w.text.upper())]
-            crop = numeral_crop(max(words, key=lambda w: w.confidence), grey.width, grey.height) if words else None
-            if crop is None:
+            plate = max(words, key=lambda w: w.confidence) if words else None
+            crop = numeral_crop(plate, grey.width, grey.height) if plate else None
+            if plate is None or crop is None:
                 skipped.append(f"{row['file']}: no PLATE word")
                 continue
-            region = grey.crop(crop)
-            height = max(w.confidence for w in words) and max(words, key=lambda w: w.confidence).box[3]
+            region, height = grey.crop(crop), plate.box[3]
             scaled = np.asarray(region.resize((round(region.width * SCALE), round(region.height * SCALE)), Image.Resampling.LANCZOS))
             glyphs = numeral_glyphs(scaled, 0.8 * height * SCALE) or []
             labels = labels_for(row["plate_number_as_engraved"], len(glyphs))

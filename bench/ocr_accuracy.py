@@ -4,10 +4,10 @@
     python bench/ocr_accuracy.py                      # default zone settings, all plates
     python bench/ocr_accuracy.py --split tune-seen    # one split only
     python bench/ocr_accuracy.py --json results.json  # also write the figures as JSON
-    python bench/ocr_accuracy.py --truth bench/ocr_truth_holdout2.tsv --plates DIR  # the held-out set
+    python bench/ocr_accuracy.py --truth bench/ocr_truth_holdout3.tsv --plates DIR  # the held-out set
 
-Splits (see PROTOCOL, printed with every run): tune, tune-seen (the session-9 holdout, looked at
-after its measurement, tuned on since), and holdout (bench/ocr_truth_holdout2.tsv).
+Splits (see PROTOCOL, printed with every run): tune, tune-seen (the session-9 and session-10
+holdouts, looked at after their measurements, tuned on since), and holdout (bench/ocr_truth_holdout3.tsv).
 
 Per plate: the parsed plate number (right when equal to the truth), whether the genus or the
 species word of the Latin binomial is found in the parsed Latin name (exact word, case-folded),
@@ -37,9 +37,10 @@ DEFAULT_PLATES = HERE.parent.parent / "shared" / "plates"
 
 PROTOCOL = (
     "protocol: tune = bench/ocr_truth.tsv tune rows + bench/ocr_truth_extra.tsv (tuned on); tune-seen = the "
-    "session-9 holdout of bench/ocr_truth.tsv, whose misses were looked at after the session-9 measurement "
-    "(tuned on since, no held-out figure); holdout = bench/ocr_truth_holdout2.tsv, 6 plates drawn and read "
-    "by eye before any session-10 OCR change, never tuned on, measured once before and once after"
+    "session-9 holdout of bench/ocr_truth.tsv and the session-10 holdout bench/ocr_truth_holdout2.tsv, whose misses "
+    "were looked at after their measurements (tuned on since, no held-out figure); holdout = "
+    "bench/ocr_truth_holdout3.tsv, 6 plates drawn and read by eye before any session-11 OCR change, never tuned on, "
+    "measured once at the end of session 11"
 )
 
 

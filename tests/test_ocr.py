@@ -274,10 +274,10 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
     assert pair.preprocess_tag.endswith(
         "scales(header=2,caption=3):lanczos|psm=11|oem=1|plate-line(psm=7,whitelist=PLATE.,CLXVI0123456789,"
-        "roman-glyphs-2)@2:lanczos|label-parse-4"
+        "roman-glyphs-2,roman-templates-1)@2:lanczos|label-parse-5"
     )
     assert {"header@2", "caption@3", "header@line2"} <= {w["pass_id"] for w in row["words"]} <= {
-        "header@2", "caption@3", "header@line2", "header@glyphs2", "header@tail2"}  # fmt: skip
+        "header@2", "caption@3", "header@line2", "header@glyphs2", "header@templates2", "header@tail2"}  # fmt: skip
     assert label_of(row)["latin_name"]["value"] == "Psitacus carolinensis"
     plate = home.catalog.plates[pair.plate_id]
     outcomes = check_text_pairs([pair], {plate.sha256: (plate.height, plate.width)}, PromptRegistry.load())

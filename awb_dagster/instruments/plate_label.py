@@ -11,7 +11,7 @@ is read at several scales (``pass_id``); the parser works per read and votes acr
   without spaces, so ``PLAT EXI`` still reads ``PLATE XI``); Arabic digits, or a Roman numeral
   in canonical form after mapping the digit/bar lookalikes ``1 l | !`` to ``I``. A value whose
   fascicle (a number elsewhere in the header, ``No. N``: plates 5N-4..5N of the Havell edition)
-  was read wins, then a corroborated glyph read, then a completed read (a Tesseract read's
+  was read wins, then a corroborated glyph or template read, then a completed read (a Tesseract read's
   letters up to its last X or V plus the trailing I's counted from the numeral's strokes), then
   a value read without repair, then the value most reads agree on; values above :data:`PLATES`
   are no reading;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, CENTRE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-4"
+PARSER_VERSION = "label-parse-5"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
 # the numeral ends at a non-letter ("PLATE,IVU." is no reading of IV)
@@ -180,8 +180,11 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
     value whose fascicle (``No. N``: plates 5N-4 to 5N in the Havell edition) was read, then a
     corroborated glyph read, then a completed read (:func:`_completion` of a Tesseract read plus
     the trailing I's of a ``header@tail*`` read, from :func:`roman_glyphs.stroke_tail`), then a
-    value read without repair, then the value most reads agree on."""
-    candidates, glyph_reads = [], []
+    value read without repair, then the value most reads agree on. A read by nearest template
+    (``header@templates*``, :mod:`roman_templates`) counts as corroborated when at least two
+    scales read its value and a Tesseract read's letters before its first I (at least one)
+    begin it (``CCC`` of ``CCCAAA`` begins the template read ``CCCXXX``)."""
+    candidates, glyph_reads, template_reads = [], [], []
     fascicles: set[int] = set()
     skeletons: list[str] = []
     tails: list[OcrWord] = []
@@ -189,12 +192,13 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
         if pass_id.startswith(f"{HEADER_ZONE}@tail"):
             tails.extend(w for w in read if set(w.text) == {"I"})
             continue
-        glyphs = pass_id.startswith(f"{HEADER_ZONE}@glyphs")
+        template = pass_id.startswith(f"{HEADER_ZONE}@templates")
+        glyphs = template or pass_id.startswith(f"{HEADER_ZONE}@glyphs")
         used_here: set[OcrWord] = set()
         for line in _lines(read):
             found = _plate_candidate(line)
             if found is not None:
-                (glyph_reads if glyphs else candidates).append(found)
+                (template_reads if template else glyph_reads if glyphs else candidates).append(found)
                 used_here.update(found[2])
             if not glyphs:
                 raw = _PLATE_RAW.search("".join(w.text for w in line))
@@ -202,6 +206,11 @@ def plate_number(words: Sequence[OcrWord]) -> LabelField | None:
                     skeletons.append(_skeleton(raw.group(1)))
         fascicles |= {int(w.text.strip(".,:;°")) for w in read if w not in used_here and w.text.strip(".,:;°").isdigit()}
     corroborated = [found for found in glyph_reads if _skeleton(found[3].split("PLATE")[-1]) in skeletons]
+    template_votes = Counter(value for value, *_ in template_reads)
+    corroborated += [
+        found for found in template_reads if template_votes[found[0]] >= 2
+        and any(skeleton and found[3].split("PLATE")[-1].startswith(skeleton) for skeleton in skeletons)
+    ]  # fmt: skip
     completed = []
     for tail in tails:
         for letters in filter(None, map(_completion, skeletons)):

@@ -98,13 +98,15 @@ def classify(lenient: np.ndarray, strict: np.ndarray) -> str | None:
     return None
 
 
-def read_numeral(grey: np.ndarray, cap_height: float) -> str | None:
-    """The Roman numeral in a greyscale crop that starts just after the word PLATE, or None."""
+def segment(grey: np.ndarray, cap_height: float, threshold: float = LENIENT) -> list[tuple[int, int, np.ndarray, np.ndarray]] | None:
+    """The letter-height glyphs of a crop, left to right: (left, right, mask, strict mask) of each
+    component of the ink mask at ``threshold`` of the paper-ink contrast (x-overlapping pieces
+    merged); None when the crop holds no ink contrast."""
     grey = np.asarray(grey, dtype=np.float32)
     paper, ink = float(np.median(grey)), float(np.percentile(grey, 1))
     if paper - ink < MIN_CONTRAST or cap_height <= 0:
         return None
-    lenient = grey < paper - LENIENT * (paper - ink)
+    lenient = grey < paper - threshold * (paper - ink)
     strict = grey < paper - STRICT * (paper - ink)
     labels, _ = ndimage.label(lenient, structure=np.ones((3, 3), dtype=bool))
     pieces = sorted(
@@ -118,14 +120,24 @@ def read_numeral(grey: np.ndarray, cap_height: float) -> str | None:
             glyphs[-1] = [last[0], max(last[1], x1), min(last[2], y0), max(last[3], y1), [*last[4], label]]
         else:
             glyphs.append([x0, x1, y0, y1, [label]])
-    text, last_right = "", None
+    out = []
     for x0, x1, y0, y1, labels_of in glyphs:
-        if not MIN_HEIGHT * cap_height <= y1 - y0 <= MAX_HEIGHT * cap_height:
-            continue
+        if MIN_HEIGHT * cap_height <= y1 - y0 <= MAX_HEIGHT * cap_height:
+            mask = np.isin(labels[y0:y1, x0:x1], labels_of)
+            out.append((x0, x1, mask, strict[y0:y1, x0:x1] & mask))
+    return out
+
+
+def read_numeral(grey: np.ndarray, cap_height: float) -> str | None:
+    """The Roman numeral in a greyscale crop that starts just after the word PLATE, or None."""
+    glyphs = segment(grey, cap_height)
+    if glyphs is None:
+        return None
+    text, last_right = "", None
+    for x0, x1, mask, strict in glyphs:
         if last_right is not None and x0 - last_right > MAX_GAP * cap_height:
             break
-        mask = np.isin(labels[y0:y1, x0:x1], labels_of)
-        letters = classify(mask, strict[y0:y1, x0:x1] & mask)
+        letters = classify(mask, strict)
         if letters is None:
             return None
         if letters:

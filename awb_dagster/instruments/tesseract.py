@@ -8,7 +8,7 @@ engraver's line), each greyscaled, read once per scale of ``header_scales`` / ``
 (Lanczos upscaling) with ``--psm`` sparse-text segmentation. Second reads (also in the tag): the
 header line around the most confident word PLATE with ``--psm 7`` and :data:`LINE_WHITELIST`,
 plus its Roman numeral from glyph shapes and the count of its trailing I's from its strokes
-(:mod:`roman_glyphs`), per ``plate_line_scales``; and
+(:mod:`roman_glyphs`) and by nearest template (:mod:`roman_templates`), per ``plate_line_scales``; and
 the caption row of all-capital centre words with the best two-word confidence (the binomial)
 with ``--psm 6``,
 per ``caption_line_scales``. The tesseract binary is called directly with TSV output.
@@ -17,7 +17,7 @@ Record schema (one :class:`OcrWord` per recognised word): ``text``; ``confidence
 (Tesseract's 0-100 divided by 100); ``box`` plate pixel XYWH (zone box mapped back through the
 scale); ``line_id`` ``<pass_id>:<block>.<paragraph>.<line>``; ``zone``; ``word_index``; ``pass_id``
 (the read that found it: ``<zone>@<scale>``, ``header@line<scale>``, ``header@glyphs<scale>``,
-``header@tail<scale>``, ``caption@line<scale>``).
+``header@templates<scale>``, ``header@tail<scale>``, ``caption@line<scale>``).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from PIL import Image, ImageOps
 
 from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
 from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral, stroke_tail
+from awb_dagster.instruments.roman_templates import TEMPLATE_VERSION, read_numeral_by_template
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-3"
+ADAPTER_VERSION = "tesseract-zones-4"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
 CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
@@ -104,7 +105,7 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|grey|scales(header={','.join(f'{s:g}' for s in settings.header_scales)},"
         f"caption={','.join(f'{s:g}' for s in settings.caption_scales)}):lanczos"
         f"|psm={settings.psm}|oem={settings.oem}"
-        + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION})@"
+        + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION},{TEMPLATE_VERSION})@"
            f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
         + (f"|caption-line(capital-pair-row,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
            f"{','.join(f'{s:g}' for s in settings.caption_line_scales)}:lanczos" if settings.caption_line_scales else "")
@@ -154,6 +155,16 @@ def _pair_score(word: OcrWord, capitals: list[OcrWord]) -> float:
         if all(w.box[0] >= p.box[0] + p.box[2] or p.box[0] >= w.box[0] + w.box[2] for p in picked):
             picked.append(w)
     return sum(w.confidence for w in picked[:2])
+
+
+def numeral_crop(plate: OcrWord, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) of the numeral after a PLATE word: from the end of PLATE
+    (its share of a merged word such as ``PLATE,LVII``) 2.2 word widths right, half a word height
+    above and below; None when under a word height wide (PLATE at the plate's right edge)."""
+    x, y, w, h = plate.box
+    start = x + (w if len(plate.text) <= 6 else round(w * 5.5 / len(plate.text)))
+    crop = (start, max(0, y - h // 2), min(width, start + round(2.2 * w)), min(height, y + h + h // 2))
+    return crop if crop[2] - crop[0] >= h else None
 
 
 class TesseractReader:
@@ -246,9 +257,8 @@ class TesseractReader:
             return []
         plate = max(plates, key=lambda w: w.confidence)
         x, y, width, height = plate.box
-        start = x + (width if len(plate.text) <= 6 else round(width * 5.5 / len(plate.text)))
-        crop = (start, max(0, y - height // 2), min(grey.width, start + round(2.2 * width)), min(grey.height, y + height + height // 2))
-        if crop[2] - crop[0] < height:
+        crop = numeral_crop(plate, grey.width, grey.height)
+        if crop is None:
             return []
         line_box = (max(0, x - height), crop[1], crop[2], crop[3])
         region, line = grey.crop(crop), grey.crop(line_box)
@@ -264,12 +274,13 @@ class TesseractReader:
             if tail:
                 pass_id = f"{HEADER_ZONE}@tail{scale:g}"
                 found.append(OcrWord("I" * tail, plate.confidence, box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
-            numeral = read_numeral(scaled, 0.8 * height * scale)
-            if numeral is None:
-                continue
-            pass_id = f"{HEADER_ZONE}@glyphs{scale:g}"
-            for text, word_box in (("PLATE", plate.box), (numeral, box)):
-                found.append(OcrWord(text, plate.confidence, word_box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
+            for kind, numeral in (("glyphs", read_numeral(scaled, 0.8 * height * scale)),
+                                  ("templates", read_numeral_by_template(scaled, 0.8 * height * scale))):  # fmt: skip
+                if numeral is None:
+                    continue
+                pass_id = f"{HEADER_ZONE}@{kind}{scale:g}"
+                for text, word_box in (("PLATE", plate.box), (numeral, box)):
+                    found.append(OcrWord(text, plate.confidence, word_box, f"{pass_id}:1.1.1", HEADER_ZONE, len(words) + len(found), pass_id))
         return found
 
     def _tesseract(self, band: Image.Image, zone: str, psm: int | None = None, whitelist: str = "") -> str:

@@ -48,8 +48,9 @@ def test_registry_show_dead_alias_says_what_to_use(capsys, tmp_path, alias, hint
 def test_registry_list_json_and_check(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "registry", "list", "--json", "--home", str(tmp_path))
     rows = json.loads(out)
-    # 41 hub ids, Tesseract, 7 torchvision (6 baselines, the demo's tiny ConvNeXt), 3 original SAM files, 20 demo
-    assert code == 0 and len(rows) == 72
+    # 41 hub ids, 2 native Florence-2 conversions, Tesseract, 7 torchvision (6 baselines, the demo's tiny ConvNeXt),
+    # 3 original SAM files, 21 demo
+    assert code == 0 and len(rows) == 75
     assert set(rows[0]) == {"id", "family", "role", "status", "license", "pin"}
     assert {r["status"] for r in rows} == {"ideas"}  # nothing is pinned in a fresh home
     code, out, _ = run_cli(capsys, "registry", "check", "--home", str(tmp_path))

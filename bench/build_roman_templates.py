@@ -1,6 +1,7 @@
 """Build awb_dagster/instruments/data/roman_templates.json (roman_templates.TEMPLATE_VERSION) from
 the header numerals of TUNING plates only (bench/ocr_truth.tsv, ocr_truth_extra.tsv and the
-session-10 holdout, split tune-seen since session 11; never bench/ocr_truth_holdout3.tsv).
+session-10 and session-11 holdouts, split tune-seen since sessions 11 and 12; never the held-out
+bench/ocr_truth_holdout4.tsv). The data file in the package was built before session 12 (holdout3 not in it).
 
     python bench/build_roman_templates.py --truth bench/ocr_truth.tsv:../shared/plates \\
         --truth bench/ocr_truth_extra.tsv:DIR --truth bench/ocr_truth_holdout2.tsv:DIR
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     used, skipped = [], []
     for spec in args.truth:
         truth, plates = spec.split(":")
-        if "holdout3" in truth:
-            raise SystemExit("bench/ocr_truth_holdout3.tsv is the held-out set: never build templates from it")
+        if "holdout4" in truth:
+            raise SystemExit("bench/ocr_truth_holdout4.tsv is the held-out set: never build templates from it")
         for row in read_truth(Path(truth)):
             if row["split"] == "holdout":
                 raise SystemExit(f"{truth}: {row['file']} is a held-out row")

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from awb_dagster.assets.factory import job_name
 from awb_dagster.instruments.common import InstrumentError
+from awb_dagster.instruments.local_contrast import is_faint, local_normalize, normalized_crop
 from awb_dagster.instruments.plate_label import int_to_roman, parse_label, parse_numeral, roman_to_int
 from awb_dagster.instruments.roman_glyphs import read_numeral, stroke_tail
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, HEADER_ZONE, OcrWord, TesseractReader, ZoneSettings, parse_tsv
@@ -108,6 +109,10 @@ def test_glyph_read_counts_serif_joined_is_when_tesseract_corroborates_the_other
     tesseract = [word("PLATE", 1500, 50, index=0), word("13.", 1600, 50, index=1)]
     glyphs = [replace(w, pass_id="header@glyphs2") for w in (word("PLATE", 1500, 50, index=2), word("I", 1600, 50, index=3))]
     assert parse_label(tesseract + glyphs, 2000).plate_number.value == 13
+    # a lone PLATE (no numeral read by Tesseract) corroborates no all-I glyph read (label-parse-6)
+    glyphs = [replace(w, pass_id="header@glyphs2") for w in (word("PLATE", 1500, 50, index=2), word("III", 1600, 50, index=3))]
+    assert parse_label([word("PLATE", 1500, 50, index=0), *glyphs], 2000).plate_number is None
+    assert parse_label([word("PLATE", 1500, 50, index=0), word("III.", 1600, 50, index=1), *glyphs], 2000).plate_number.value == 3
 
 
 def _engraved(letters: str, cap: int = 40) -> np.ndarray:
@@ -170,6 +175,19 @@ def test_glyph_reader_refuses_blank_and_unknown_shapes():
     assert read_numeral(blob, 40) is None
 
 
+def test_local_normalization_darkens_faint_ink_and_whitens_paper():
+    band = np.full((60, 300), 252, dtype=np.uint8)
+    band[20:40, 50:53] = 175  # a faint brown stroke on paper
+    band[10:50, 200:280] = 40  # a dark picture part
+    grey = Image.fromarray(band)
+    out = np.asarray(local_normalize(grey))
+    assert out[30, 51] < 40 and out[30, 120] == 255 and out[5, 10] == 255  # stroke black, blank paper white
+    assert is_faint(grey.crop((40, 10, 70, 50))) and not is_faint(grey.crop((190, 0, 290, 60)))
+    assert np.asarray(normalized_crop(grey, (40, 10, 70, 50)))[20, 11] < 40
+    with pytest.raises(ValueError, match="mode L"):
+        local_normalize(grey.convert("RGB"))
+
+
 def test_latin_binomial_and_common_name_from_a_noisy_caption():
     c = CAPTION_ZONE
     words = [
@@ -208,6 +226,8 @@ def test_zone_settings_are_validated():
         ZoneSettings(header_scales=(10.0,))
     with pytest.raises(ValueError, match="caption_scales"):
         ZoneSettings(caption_scales=(2.0, 2.0))
+    with pytest.raises(ValueError, match="header_norm_scales"):
+        ZoneSettings(header_norm_scales=(0.5,))
 
 
 def test_another_engine_version_is_another_pin():
@@ -264,7 +284,8 @@ def test_real_ocr_reads_the_engraved_caption(reader, file, words, number, latin)
 def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     home = make_demo_home(loopback_hub, tmp_path_factory, "ocr", ["tesseract"],
                           plate_files=[SHARED_PLATES / PARROT], license_opt_in=["tesseract"])  # fmt: skip
-    config = {"header_scales": [2.0], "caption_scales": [3.0], "plate_line_scales": [2.0], "caption_line_scales": []}
+    config = {"header_scales": [2.0], "header_norm_scales": [], "caption_scales": [3.0], "plate_line_scales": [2.0],
+              "caption_line_scales": []}
     runs = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, config, home.pin_key, None)
     assert len(runs) == 1 and runs[0].success
     (pair,) = home.store.sealed_pairs(home.pin_key).values()
@@ -274,7 +295,7 @@ def test_ocr_text_asset_seals_words_and_labels(loopback_hub, tmp_path_factory):
     assert "PSITACUS" in row["text"] and row["prompt_id"] is None and row["token_count"] == len(row["words"])
     assert pair.preprocess_tag.endswith(
         "scales(header=2,caption=3):lanczos|psm=11|oem=1|plate-line(psm=7,whitelist=PLATE.,CLXVI0123456789,"
-        "roman-glyphs-2,roman-templates-1)@2:lanczos|label-parse-5"
+        "roman-glyphs-2,roman-templates-1)@2:lanczos|label-parse-6"
     )
     assert {"header@2", "caption@3", "header@line2"} <= {w["pass_id"] for w in row["words"]} <= {
         "header@2", "caption@3", "header@line2", "header@glyphs2", "header@templates2", "header@tail2"}  # fmt: skip

@@ -30,12 +30,14 @@ from dataclasses import dataclass
 
 from awb_dagster.instruments.tesseract import CAPTION_ZONE, CENTRE, HEADER_ZONE, OcrWord
 
-PARSER_VERSION = "label-parse-5"
+PARSER_VERSION = "label-parse-6"
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _ROMAN_LOOKALIKES = str.maketrans({"1": "I", "l": "I", "|": "I", "!": "I", "i": "I"})
 # the numeral ends at a non-letter ("PLATE,IVU." is no reading of IV)
 _PLATE_RE = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9IVXLCDMl1|!i]+)(?![A-Za-z])", re.IGNORECASE)
-_PLATE_RAW = re.compile(r"P[LI1|]AT(?:E|F)?[.,:;]*([0-9A-Za-z|!]+)", re.IGNORECASE)
+# possessive E: a lone "PLATE" has no numeral (its E read as one gave an empty skeleton that
+# corroborated any all-I glyph read, label-parse-5)
+_PLATE_RAW = re.compile(r"P[LI1|]AT(?:E|F)?+[.,:;]*([0-9A-Za-z|!]+)", re.IGNORECASE)
 _NOT_NAMES = frozenset({"PLATE", "DRAWN", "NATURE", "ENGRAVED", "PRINTED", "COLOURED", "LONDON", "PUBLISHED"})
 # The title lines (common name, binomial) are centred; the artist's and engraver's lines sit at
 # the left and right edges: caption words count only with their centre in this band of the width.

@@ -33,13 +33,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from awb_dagster.instruments.common import InstrumentError, pin_provenance, require_pin_of
+from awb_dagster.instruments.local_contrast import MAX_DARK_SHARE, NORM_VERSION, is_faint, local_normalize, mostly_texture, normalized_crop
 from awb_dagster.instruments.roman_glyphs import GLYPH_VERSION, read_numeral, stroke_tail
 from awb_dagster.instruments.roman_templates import TEMPLATE_VERSION, read_numeral_by_template
 from awb_dagster.registry.lock import Pin
 from awb_dagster.registry.roster import Instrument
 from awb_dagster.registry.tesseract_install import TesseractInstall, TesseractMissingError, find_tesseract, pinned_languages
 
-ADAPTER_VERSION = "tesseract-zones-4"
+ADAPTER_VERSION = "tesseract-zones-5"
 HEADER_ZONE = "header"
 CAPTION_ZONE = "caption"
 CENTRE = (0.2, 0.8)  # the title lines are centred; the artist's and engraver's lines sit at the edges
@@ -57,6 +58,9 @@ class ZoneSettings:
     # Each band is read once per scale (Lanczos upscaling; the header capitals are ~15 px high,
     # the caption's small capitals ~10 px): the parser votes across these passes.
     header_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    # The header band is read once more per scale here after local contrast normalization
+    # (instruments.local_contrast: faint brown headers), pass header@norm<scale>; () turns that off.
+    header_norm_scales: tuple[float, ...] = (3.0,)
     caption_scales: tuple[float, ...] = (3.0, 2.0)
     # The header line around the word PLATE is read again per scale here: Tesseract --psm 7 with
     # LINE_WHITELIST, and the numeral's glyph shapes (instruments.roman_glyphs); () turns that off.
@@ -73,9 +77,9 @@ class ZoneSettings:
             value = getattr(self, name)
             if not 0.0 < value <= 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5], got {value}")
-        for name in ("header_scales", "caption_scales", "plate_line_scales", "caption_line_scales"):
+        for name in ("header_scales", "caption_scales", "plate_line_scales", "caption_line_scales", "header_norm_scales"):
             scales = getattr(self, name)
-            if (not scales and not name.endswith("line_scales")) or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
+            if (not scales and name in ("header_scales", "caption_scales")) or not all(1.0 <= scale <= 6.0 for scale in scales) or len(set(scales)) != len(scales):
                 raise ValueError(f"{name} must be distinct scales in [1, 6], got {scales}")
         if self.psm not in range(14) or self.oem not in range(4):
             raise ValueError(f"psm must be 0-13 and oem 0-3, got psm={self.psm} oem={self.oem}")
@@ -105,6 +109,8 @@ def zones_tag(settings: ZoneSettings) -> str:
         f"|grey|scales(header={','.join(f'{s:g}' for s in settings.header_scales)},"
         f"caption={','.join(f'{s:g}' for s in settings.caption_scales)}):lanczos"
         f"|psm={settings.psm}|oem={settings.oem}"
+        + (f"|header-{NORM_VERSION}(skip-dark>{MAX_DARK_SHARE:g})@{','.join(f'{s:g}' for s in settings.header_norm_scales)}:lanczos"
+           if settings.header_norm_scales else "")
         + (f"|plate-line(psm=7,whitelist={LINE_WHITELIST},{GLYPH_VERSION},{TEMPLATE_VERSION})@"
            f"{','.join(f'{s:g}' for s in settings.plate_line_scales)}:lanczos" if settings.plate_line_scales else "")
         + (f"|caption-line(capital-pair-row,centre{CENTRE[0]:g}-{CENTRE[1]:g},psm=6)@"
@@ -216,6 +222,12 @@ class TesseractReader:
                 size = (max(1, round(band.width * scale)), max(1, round(band.height * scale)))
                 tsv = self._tesseract(band.resize(size, Image.Resampling.LANCZOS), f"{zone}@{scale:g}")
                 words.extend(parse_tsv(tsv, zone, (left, top), scale, first_index=len(words)))
+            if zone == HEADER_ZONE and self.settings.header_norm_scales:
+                normed = local_normalize(band)
+                for scale in () if mostly_texture(normed) else self.settings.header_norm_scales:
+                    size = (max(1, round(band.width * scale)), max(1, round(band.height * scale)))
+                    tsv = self._tesseract(normed.resize(size, Image.Resampling.LANCZOS), f"{zone} normalized@{scale:g}")
+                    words.extend(parse_tsv(tsv, zone, (left, top), scale, len(words), f"{zone}@norm{scale:g}"))
         words = words + self._plate_line(grey, words)
         return words + self._caption_line(grey, words)
 
@@ -262,6 +274,8 @@ class TesseractReader:
             return []
         line_box = (max(0, x - height), crop[1], crop[2], crop[3])
         region, line = grey.crop(crop), grey.crop(line_box)
+        if is_faint(line):  # faint ink: read the locally normalized line (instruments.local_contrast)
+            region, line = normalized_crop(grey, crop), normalized_crop(grey, line_box)
         found: list[OcrWord] = []
         for scale in self.settings.plate_line_scales:
             size = (round(line.width * scale), round(line.height * scale))

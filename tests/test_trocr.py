@@ -91,7 +91,8 @@ def test_trocr_lines_read_the_lines_of_ocr_text(recognizer, loopback_hub, tmp_pa
                           plate_files=[SAMPLE_PLATES_DIR / "audubon_p026_carolina-parrot.jpg"],
                           license_opt_in=["tesseract", "trocr-base-printed"])  # fmt: skip
     tesseract_pin, trocr_pin = home.pins["tesseract"], home.pins[MODEL]
-    few_reads = {"header_scales": [2.0], "caption_scales": [2.0], "plate_line_scales": [], "caption_line_scales": []}
+    few_reads = {"header_scales": [2.0], "caption_scales": [2.0], "plate_line_scales": [], "caption_line_scales": [],
+                 "header_norm_scales": []}  # fmt: skip
     (before,) = materialize_pin_ranges(home.defs, home.instance, job_name(TROCR_ASSET), TROCR_ASSET, {}, trocr_pin, None)
     assert not before.success  # no ocr_text record yet: the plate's partition fails saying so
     (ocr,) = materialize_pin_ranges(home.defs, home.instance, job_name(OCR_ASSET), OCR_ASSET, few_reads, tesseract_pin, None)

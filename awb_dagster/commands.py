@@ -198,10 +198,8 @@ def _run(args) -> int:
         print(f"dagster run {run_id}: its process is gone (killed or crashed); marked failed, its gpu slot freed")
     sync_if_instance(paths)
     region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
-    if region_scope or args.family == "box-masks":
-        partitions_name = "box_mask_pins" if args.family == "box-masks" else f"{region_scope}_pins"
-    else:
-        partitions_name = pins_partitions[args.family].name
+    partitions_name = {"segment": "segment_pins", "tile": "tile_pins", "box-masks": "box_mask_pins"}.get(args.family)
+    partitions_name = partitions_name or pins_partitions[args.family].name
     pins = instance.get_dynamic_partitions(partitions_name)
     chosen = [args.pin] if args.pin else pins[-1:]
     if not chosen or chosen[0] not in pins:

@@ -47,7 +47,8 @@ import dagster as dg
 from awb_dagster.constants import PIN_DIMENSION, PLATE_DIMENSION, PLATE_FILES_KEY
 from awb_dagster.paths import HomePaths
 from awb_dagster.plates.catalog import PlateCatalog
-from awb_dagster.provenance.caption_records import FLORENCE_TASK_SLUGS, florence_pair_key
+from awb_dagster.producers.florence_tasks import FLORENCE_TASK_PRODUCERS
+from awb_dagster.provenance.caption_records import florence_pair_key
 from awb_dagster.provenance.records import REGION_PAIR_SEPARATOR, tile_pair_key
 from awb_dagster.provenance.store import RunStore
 from awb_dagster.provenance.zeroshot import zeroshot_pair_key
@@ -59,7 +60,7 @@ DEFAULT_MAX_RETRIES = 2  # automatic re-requests of a failed partition, one per 
 # The store key a family's partition pairs are sealed under, where it is not the pin key.
 _STORE_KEY_OF_PIN = {
     "tile_embeddings": tile_pair_key, "clip_zeroshot_labels": zeroshot_pair_key, "siglip_zeroshot_labels": zeroshot_pair_key,
-    **{f"florence2_{task}": partial(florence_pair_key, task=task) for task in FLORENCE_TASK_SLUGS},
+    **{p.asset_name: partial(florence_pair_key, task=p.task) for p in FLORENCE_TASK_PRODUCERS},
 }  # fmt: skip
 AUTOMATION_SENSOR_NAME = "awb_automation_sensor"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from awb_dagster.instruments.roman_glyphs import STRICT, segment
+from awb_dagster.instruments.roman_glyphs import STRICT, _band, segment
 
 TEMPLATE_VERSION = "roman-templates-1"
 SIZE = 16  # rows of a normalized glyph
@@ -59,8 +59,7 @@ def numeral_glyphs(grey: np.ndarray, cap_height: float) -> list[np.ndarray] | No
         return None
     out, last_right = [], None
     for x0, x1, mask, strict in glyphs:
-        h = strict.shape[0]
-        if not strict[int(0.4 * h) : max(int(0.4 * h) + 1, int(0.6 * h))].any():
+        if not _band(strict, 0.4, 0.6).any():
             continue
         if last_right is not None and x0 - last_right > MAX_GAP * cap_height:
             break

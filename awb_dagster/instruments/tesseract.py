@@ -273,9 +273,10 @@ class TesseractReader:
         if crop is None:
             return []
         line_box = (max(0, x - height), crop[1], crop[2], crop[3])
-        region, line = grey.crop(crop), grey.crop(line_box)
+        line = grey.crop(line_box)
         if is_faint(line):  # faint ink: read the locally normalized line (instruments.local_contrast)
-            region, line = normalized_crop(grey, crop), normalized_crop(grey, line_box)
+            line = normalized_crop(grey, line_box)
+        region = line.crop((crop[0] - line_box[0], 0, line.width, line.height))  # the numeral: the line's right part
         found: list[OcrWord] = []
         for scale in self.settings.plate_line_scales:
             size = (round(line.width * scale), round(line.height * scale))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from awb_dagster.engine.producer import StepInputs
 from awb_dagster.instruments.captioner import Captioner
 from awb_dagster.producers.captions import CaptionProducer, CaptionSession, DeclaresDecoding
-from awb_dagster.provenance.caption_records import FLORENCE_TASK_SLUGS, florence_pair_key
+from awb_dagster.provenance.caption_records import florence_pair_key
 from awb_dagster.registry.prompts import PromptRegistry
 
 FAMILY = "florence2"
@@ -27,7 +27,6 @@ TASK_PROMPTS = {
     "more_detailed_caption": "florence.more-detailed-caption",
     "ocr": "florence.ocr",
 }
-assert tuple(TASK_PROMPTS) == FLORENCE_TASK_SLUGS
 
 
 @dataclass(frozen=True)

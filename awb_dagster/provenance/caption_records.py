@@ -34,10 +34,6 @@ CAPTION_CHECK_DESCRIPTIONS = {
 }
 
 
-# Florence-2's text tasks, one instrument (asset ``florence2_<task>``) each (producers/florence_tasks.py).
-FLORENCE_TASK_SLUGS = ("caption", "detailed_caption", "more_detailed_caption", "ocr")
-
-
 def florence_pair_key(pin_key: str, task: str) -> str:
     """The store's pair key of one Florence-2 task's records of a pin (kept apart from its other tasks)."""
     return f"{pin_key}.florence-{task}"

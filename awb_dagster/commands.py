@@ -182,7 +182,7 @@ def _run(args) -> int:
     from awb_dagster.assets.factory import job_name
     from awb_dagster.definitions import build_definitions
     from awb_dagster.instance import open_instance
-    from awb_dagster.partitions import pins_partitions
+    from awb_dagster.partitions import box_mask_pins_partitions, pins_partitions
     from awb_dagster.runner import (
         fail_runs_of_dead_processes,
         materialize_family,
@@ -198,8 +198,10 @@ def _run(args) -> int:
         print(f"dagster run {run_id}: its process is gone (killed or crashed); marked failed, its gpu slot freed")
     sync_if_instance(paths)
     region_scope = {"segment": "segment", "tile": "tile"}.get(args.family)
-    partitions_name = {"segment": "segment_pins", "tile": "tile_pins", "box-masks": "box_mask_pins"}.get(args.family)
-    partitions_name = partitions_name or pins_partitions[args.family].name
+    if region_scope:
+        partitions_name = f"{region_scope}_pins"
+    else:
+        partitions_name = box_mask_pins_partitions.name if args.family == "box-masks" else pins_partitions[args.family].name
     pins = instance.get_dynamic_partitions(partitions_name)
     chosen = [args.pin] if args.pin else pins[-1:]
     if not chosen or chosen[0] not in pins:

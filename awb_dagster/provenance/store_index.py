@@ -180,13 +180,10 @@ class StoreIndex:
             rows = db.execute("SELECT run_id, idx, plate_id FROM pairs WHERE pin_key = ?", (pin_key,)).fetchall()
             if plate_ids is not None:
                 rows = [row for row in rows if row[2] in plate_ids]
-        else:
-            ids, rows = list(plate_ids), []
-            for start in range(0, len(ids), _IN_LIMIT):
-                chunk = ids[start : start + _IN_LIMIT]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT run_id, idx, plate_id FROM pairs WHERE pin_key = ? AND plate_id IN ({marks})"
-                rows += db.execute(query, (pin_key, *chunk)).fetchall()
+        else:  # at most _IN_LIMIT ids: one query
+            ids = list(plate_ids)
+            query = f"SELECT run_id, idx, plate_id FROM pairs WHERE pin_key = ? AND plate_id IN ({','.join('?' * len(ids))})"
+            rows = db.execute(query, (pin_key, *ids)).fetchall()
         by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for run_id, idx, plate_id in rows:
             by_run[run_id].append((idx, plate_id))
